@@ -1,0 +1,179 @@
+"""The contract between the scheduler and a compute backend.
+
+A backend turns "these nodes, these tasks" into real processes somewhere and reports how they
+went; the scheduler owns everything else (staging, the ledger, collecting outputs, the summary).
+Files travel the way Azure Batch moves them: a task receives **resource files** (a URL and a
+path in its working directory) and sends **output files** (a glob in its working directory and a
+destination URL prefix). A backend registers itself through the ``fanout_register_backends``
+hook; see ``fanout.hookspecs``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Capability(enum.Enum):
+    """Things a backend may or may not be able to do; the scheduler checks before it starts."""
+
+    SETUP = "setup"
+    """Runs ``[job] setup`` once on each node before its first task."""
+    RETRIES = "retries"
+    """Runs a failed task again, up to ``TaskSpec.max_retries`` more times."""
+    TIMEOUT = "timeout"
+    """Stops a task that runs longer than ``TaskSpec.timeout_s``."""
+
+
+class TaskState(enum.Enum):
+    """What the backend says about a task."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ResourceFile:
+    """A file a node downloads from ``url`` to ``path`` before running something."""
+
+    url: str
+    path: str
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """Files matching ``pattern`` in the working directory, uploaded under ``destination``.
+
+    Each match keeps its path relative to the working directory: ``pattern = "out/*.txt"`` and
+    a file ``out/a.txt`` give ``{destination}/out/a.txt``.
+    """
+
+    pattern: str
+    destination: str
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """The nodes a run needs: what each one receives once and runs once."""
+
+    app_files: tuple[ResourceFile, ...] = ()
+    setup: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task, as the backend runs it.
+
+    ``command`` is a shell command line (``/bin/sh -c``). ``env`` holds the job's variables; the
+    backend adds the node environment (``FANOUT_*`` and ``AZ_BATCH_*``) itself.
+    """
+
+    id: str
+    command: str
+    resource_files: tuple[ResourceFile, ...] = ()
+    output_files: tuple[OutputFile, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    max_retries: int = 0
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class TaskUpdate:
+    """A change in a task's state, as reported by ``Backend.poll``.
+
+    A finished task (SUCCEEDED or FAILED) is reported once, after its last attempt.
+    ``SUCCEEDED`` means the command exited 0 and its outputs were uploaded; the scheduler
+    still checks that every declared output exists.
+    """
+
+    task_id: str
+    state: TaskState
+    attempts: int = 0
+    exit_code: int | None = None
+    node: str | None = None
+    error: str | None = None
+    started: float | None = None
+    """Epoch seconds when the last attempt started."""
+    finished: float | None = None
+    """Epoch seconds when the last attempt ended."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a backend knows about the run it serves."""
+
+    run_id: str
+    job_id: str
+    """A unique id for this run's job, valid as an Azure Batch id."""
+    job_dir: Path
+    """The job file's directory: relative paths in backend settings start here."""
+
+
+class NoSettings(BaseModel):
+    """Settings of a backend that has none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Backend(abc.ABC):
+    """A place that runs tasks. One instance serves one run.
+
+    The scheduler calls, in order: ``preflight``, ``provision``, ``submit`` (once or more),
+    ``poll`` until every task has finished, then ``teardown``. ``cancel`` may come at any time
+    after ``provision``. Methods raise ``fanout.errors.BackendError`` for a failure that stops
+    the run; a failing *task* is reported through ``poll`` instead.
+    """
+
+    name: ClassVar[str]
+    """The name users pass to ``--backend``."""
+    settings_model: ClassVar[type[BaseModel]] = NoSettings
+    """The ``[backends.NAME]`` table; each field is also ``FANOUT_<NAME>_<FIELD>`` in the
+    environment."""
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, settings: BaseModel, context: RunContext) -> None:
+        self.settings = settings
+        self.context = context
+
+    def preflight(self) -> None:  # noqa: B027 - a hook with nothing to check by default
+        """Check that the backend can run (reachable, credentials accepted); create nothing."""
+
+    @abc.abstractmethod
+    def provision(self, pool: PoolSpec) -> None:
+        """Make nodes ready: each receives ``pool.app_files`` and runs ``pool.setup`` once."""
+
+    @abc.abstractmethod
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        """Queue ``tasks``; they run as slots free up."""
+
+    @abc.abstractmethod
+    def poll(self, timeout: float) -> list[TaskUpdate]:
+        """State changes since the last call, waiting up to ``timeout`` seconds for one."""
+
+    def task_logs(self, task_id: str, tail: int = 20) -> str:
+        """The last ``tail`` lines of the task's stderr from its last attempt ("" if none)."""
+        return ""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Stop submitting and stop every running task; return when they are gone."""
+
+    @abc.abstractmethod
+    def teardown(self, keep: bool = False) -> None:
+        """Release what ``provision`` created. ``keep`` asks to keep it for inspection."""
+
+
+def setup_script(commands: Sequence[str]) -> str:
+    """``[job] setup`` as one ``/bin/sh -c`` script that stops at the first failing command.
+
+    One shell for all commands, so a ``cd`` or ``export`` in one line holds for the next.
+    """
+    return "\n".join(("set -e", *commands))

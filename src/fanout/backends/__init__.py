@@ -1,0 +1,1 @@
+"""Backends that ship with fanout; each is registered like any third-party plugin."""

@@ -1,0 +1,327 @@
+"""The local backend: tasks as processes on this machine, in a Batch-like node environment.
+
+One node, ``slots`` tasks at a time. The node directory mirrors an Azure Batch node's::
+
+    <root>/<run-id>/<node-id>/
+        shared/                 app files land and setup runs here (FANOUT_APP_DIR)
+        startup/                stdout.txt and stderr.txt of the setup
+        workitems/<job-id>/job-1/<task-id>/attempt-<n>/
+            wd/                 the task's working directory, with its resource files
+            stdout.txt, stderr.txt
+
+Resource files are fetched and outputs delivered through ``fanout.transfer``, the same code
+path a remote node uses, so a job that works here moves its data the same way in the cloud.
+Each task runs in a session (process group) of its own: a timeout or a cancel kills the
+whole group, and nothing a task started outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fanout.backend import (
+    Backend,
+    Capability,
+    PoolSpec,
+    ResourceFile,
+    RunContext,
+    TaskSpec,
+    TaskState,
+    TaskUpdate,
+    setup_script,
+)
+from fanout.errors import SetupError
+from fanout.hookspecs import hookimpl
+from fanout.transfer import TransferError, deliver, fetch, matching_files
+
+NODE_ID = "local-0"
+POOL_ID = "local"
+KILL_GRACE_S = 2.0
+"""How long a task has between SIGTERM and SIGKILL."""
+
+
+class LocalSettings(BaseModel):
+    """The ``[backends.local]`` table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slots: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Tasks run at once."
+    )
+    root: Path | None = Field(
+        default=None,
+        description="Where node directories go (default: .fanout/local beside the job file).",
+    )
+    keep: bool = Field(
+        default=False,
+        description="Keep node directories after a run in which every task succeeded.",
+    )
+
+
+class LocalBackend(Backend):
+    """Runs tasks as processes on this machine, in a Batch-like node environment."""
+
+    name = "local"
+    settings_model = LocalSettings
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+
+    def __init__(self, settings: BaseModel, context: RunContext) -> None:
+        super().__init__(settings, context)
+        assert isinstance(settings, LocalSettings)
+        self._slots = settings.slots
+        self._keep = settings.keep
+        root = settings.root or Path(".fanout") / "local"
+        self.run_dir = (context.job_dir / root).resolve() / context.run_id
+        self.node_dir = self.run_dir / NODE_ID
+        self._pending: queue.Queue[TaskSpec | None] = queue.Queue()
+        self._updates: queue.Queue[TaskUpdate] = queue.Queue()
+        self._running: dict[str, subprocess.Popen[bytes]] = {}
+        self._last_attempt: dict[str, Path] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._pool_env: dict[str, str] = {}
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.node_dir / "shared"
+
+    def provision(self, pool: PoolSpec) -> None:
+        startup = self.node_dir / "startup"
+        for directory in (self.shared_dir, startup / "wd"):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._pool_env = dict(pool.env)
+        try:
+            for resource in pool.app_files:
+                fetch(resource.url, self.shared_dir / resource.path)
+        except TransferError as exc:
+            raise SetupError(f"setup failed on node {NODE_ID}: {exc}") from None
+        if pool.setup:
+            self._run_setup(pool, startup)
+        for number in range(self._slots):
+            worker = threading.Thread(target=self._work, name=f"slot-{number}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def submit(self, tasks: Sequence[TaskSpec]) -> None:
+        for task in tasks:
+            self._pending.put(task)
+
+    def poll(self, timeout: float) -> list[TaskUpdate]:
+        try:
+            updates = [self._updates.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                updates.append(self._updates.get_nowait())
+            except queue.Empty:
+                return updates
+
+    def task_logs(self, task_id: str, tail: int = 20) -> str:
+        attempt_dir = self._last_attempt.get(task_id)
+        if attempt_dir is None:
+            return ""
+        return _tail(attempt_dir / "stderr.txt", tail)
+
+    def cancel(self) -> None:
+        self._stopping.set()
+        while True:
+            try:
+                self._pending.get_nowait()
+            except queue.Empty:
+                break
+        with self._lock:
+            running = list(self._running.values())
+        for process in running:
+            _kill_group(process)
+        self._stop_workers()
+
+    def teardown(self, keep: bool = False) -> None:
+        self._stop_workers()
+        if not (keep or self._keep):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _stop_workers(self) -> None:
+        for _ in self._workers:
+            self._pending.put(None)
+        for worker in self._workers:
+            worker.join()
+        self._workers.clear()
+
+    def _run_setup(self, pool: PoolSpec, startup: Path) -> None:
+        env = self._environment({"AZ_BATCH_TASK_WORKING_DIR": str(startup / "wd")})
+        with (startup / "stdout.txt").open("wb") as out, (startup / "stderr.txt").open("wb") as err:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", setup_script(pool.setup)],
+                cwd=self.shared_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+            try:
+                code = process.wait()
+            finally:
+                _kill_group(process)
+        if code != 0:
+            stderr = _tail(startup / "stderr.txt", 20)
+            detail = f":\n{stderr}" if stderr else ""
+            raise SetupError(f"setup failed on node {NODE_ID} with exit code {code}{detail}")
+
+    def _work(self) -> None:
+        while (task := self._pending.get()) is not None:
+            if not self._stopping.is_set():
+                self._run_task(task)
+
+    def _run_task(self, task: TaskSpec) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.time()
+            self._updates.put(
+                TaskUpdate(task.id, TaskState.RUNNING, attempts=attempt, node=NODE_ID)
+            )
+            exit_code, error = self._run_attempt(task, attempt)
+            if self._stopping.is_set():
+                return  # cancelled: the scheduler records the task as not finished
+            if error is None or attempt > task.max_retries:
+                break
+        state = TaskState.SUCCEEDED if error is None else TaskState.FAILED
+        self._updates.put(
+            TaskUpdate(
+                task.id,
+                state,
+                attempts=attempt,
+                exit_code=exit_code,
+                node=NODE_ID,
+                error=error,
+                started=started,
+                finished=time.time(),
+            )
+        )
+
+    def _run_attempt(self, task: TaskSpec, attempt: int) -> tuple[int | None, str | None]:
+        """Run one attempt in a fresh working directory: (exit code, error or None)."""
+        task_dir = self.node_dir / "workitems" / self.context.job_id / "job-1" / task.id
+        attempt_dir = task_dir / f"attempt-{attempt}"
+        work_dir = attempt_dir / "wd"
+        work_dir.mkdir(parents=True)
+        self._last_attempt[task.id] = attempt_dir
+        try:
+            _fetch_all(task.resource_files, work_dir)
+        except TransferError as exc:
+            return None, str(exc)
+
+        env = self._environment(
+            {
+                **task.env,
+                "FANOUT_TASK_ID": task.id,
+                "FANOUT_ATTEMPT": str(attempt),
+                "AZ_BATCH_TASK_ID": task.id,
+                "AZ_BATCH_TASK_DIR": str(attempt_dir),
+                "AZ_BATCH_TASK_WORKING_DIR": str(work_dir),
+            }
+        )
+        out_path, err_path = attempt_dir / "stdout.txt", attempt_dir / "stderr.txt"
+        with out_path.open("wb") as out, err_path.open("wb") as err:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", task.command],
+                cwd=work_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+            with self._lock:
+                self._running[task.id] = process
+            try:
+                code = process.wait(timeout=task.timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                return process.wait(), f"timed out after {_seconds(task.timeout_s)}"
+            finally:
+                _kill_group(process)
+                with self._lock:
+                    self._running.pop(task.id, None)
+        if code != 0:
+            return code, f"exit code {code}"
+        try:
+            for output in task.output_files:
+                for relative in matching_files(work_dir, output.pattern):
+                    deliver(work_dir / relative, f"{output.destination}/{relative}")
+        except TransferError as exc:
+            return code, str(exc)
+        return code, None
+
+    def _environment(self, extra: dict[str, str]) -> dict[str, str]:
+        """This machine's environment plus the node environment every backend provides."""
+        shared = str(self.shared_dir)
+        return {
+            **os.environ,
+            **self._pool_env,
+            "FANOUT_JOB_ID": self.context.job_id,
+            "FANOUT_NODE_ID": NODE_ID,
+            "FANOUT_APP_DIR": shared,
+            "AZ_BATCH_JOB_ID": self.context.job_id,
+            "AZ_BATCH_NODE_ID": NODE_ID,
+            "AZ_BATCH_POOL_ID": POOL_ID,
+            "AZ_BATCH_NODE_ROOT_DIR": str(self.node_dir),
+            "AZ_BATCH_NODE_SHARED_DIR": shared,
+            "AZ_BATCH_NODE_STARTUP_DIR": str(self.node_dir / "startup"),
+            **extra,
+        }
+
+
+def _fetch_all(resources: Sequence[ResourceFile], directory: Path) -> None:
+    for resource in resources:
+        fetch(resource.url, directory / resource.path)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop every process in ``process``'s group: SIGTERM, then SIGKILL after a grace period."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + KILL_GRACE_S
+    while time.monotonic() < deadline:
+        process.poll()  # reap the leader, or the group never looks empty
+        try:
+            os.killpg(process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:g}s"
+
+
+@hookimpl
+def fanout_register_backends(register):  # type: ignore[no-untyped-def]
+    register(LocalBackend)

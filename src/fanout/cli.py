@@ -1,0 +1,124 @@
+"""The ``fanout`` command line: parses arguments, calls the API, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from fanout.errors import ExitCode, FanoutError
+from fanout.plugins import backends, get_plugin_manager
+from fanout.prepare import RunOptions, prepare
+from fanout.progress import make_reporter, print_plan
+from fanout.scheduler import Interrupted, interruptible, run
+from fanout.spec import load_job, parse_duration
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fanout")
+def cli() -> None:
+    """Fan a batch of tasks out over many machines and gather the results."""
+
+
+@cli.command(name="run")
+@click.argument("job_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--backend", default="local", show_default=True, help="Where tasks run.")
+@click.option("--storage", help="Storage URL (fsspec), overriding [storage] url.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where outputs and the run record go.  [default: ./fanout-out]",
+)
+@click.option("--slots", type=click.IntRange(min=1), help="Tasks run at once per node.")
+@click.option("--retries", type=click.IntRange(min=0), help="Extra attempts after a failure.")
+@click.option("--timeout", callback=_duration, help="Per-task wall clock, e.g. 90s or 10m.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; create and run nothing.")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[RUN_ID]",
+    help="Finish an interrupted run (default: the latest one of this job).",
+)
+def run_command(
+    job_file: Path,
+    backend: str,
+    storage: str | None,
+    out: Path | None,
+    slots: int | None,
+    retries: int | None,
+    timeout: float | None,
+    dry_run: bool,
+    resume: str | None,
+) -> None:
+    """Run JOB_FILE: one task per input, on the chosen backend."""
+    console = Console(stderr=False, highlight=False)
+    options = RunOptions(
+        backend=backend,
+        storage=storage,
+        out=out,
+        slots=slots,
+        retries=retries,
+        timeout=timeout,
+        resume=resume,
+    )
+    with _user_errors(), interruptible():
+        prepared = prepare(load_job(job_file), options, get_plugin_manager())
+        if dry_run:
+            print_plan(console, prepared)
+            return
+        reporter = make_reporter(console)
+        try:
+            outcome = run(prepared, reporter)
+        finally:
+            reporter.close()
+        sys.exit(outcome.exit_code)
+
+
+@cli.command(name="backends")
+def backends_command() -> None:
+    """List the available backends and the distributions that provide them."""
+    with _user_errors():
+        table = Table("backend", "distribution", "version", "description", box=None)
+        for name, entry in backends(get_plugin_manager()).items():
+            description = (entry.cls.__doc__ or "").strip().splitlines()
+            table.add_row(
+                name, entry.distribution, entry.version, description[0] if description else ""
+            )
+        Console().print(table)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Report a ``FanoutError`` as one line on stderr and exit with its status."""
+    try:
+        yield
+    except FanoutError as exc:
+        click.echo(f"fanout: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Interrupted as stop:
+        click.echo("fanout: interrupted before the run started; nothing was created", err=True)
+        sys.exit(stop.exit_code)
+
+
+def main() -> None:
+    """The console script: the commands plugins add, then the command line."""
+    try:
+        get_plugin_manager().hook.fanout_register_commands(cli=cli)
+    except FanoutError as exc:
+        click.echo(f"fanout: error: {exc}", err=True)
+        sys.exit(ExitCode.USAGE_ERROR)
+    cli()

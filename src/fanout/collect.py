@@ -1,0 +1,41 @@
+"""Bringing a task's outputs home, and checking outputs a previous run brought home."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fanout.ledger import OutputRecord
+from fanout.storage import Storage, file_digest
+
+
+class MissingOutput(Exception):
+    """A declared output pattern matched no file the task produced."""
+
+
+def collect_outputs(
+    storage: Storage, prefix: str, patterns: list[str], out_dir: Path, task_id: str
+) -> list[OutputRecord]:
+    """Download everything under ``prefix`` to ``out_dir/task_id``; each pattern must match.
+
+    Raises ``MissingOutput`` naming the first pattern that matched nothing.
+    """
+    for pattern in patterns:
+        if not storage.fs.glob(f"{prefix}/{pattern}"):
+            raise MissingOutput(f"missing output: no file matches '{pattern}'")
+    records = []
+    for relative in storage.find(prefix):
+        local = f"{task_id}/{relative}"
+        digest = storage.download(f"{prefix}/{relative}", out_dir / local)
+        records.append(OutputRecord(path=local, bytes=digest.size, md5=digest.md5))
+    return records
+
+
+def outputs_intact(out_dir: Path, outputs: list[OutputRecord]) -> bool:
+    """Whether every recorded output is still in ``out_dir`` with its size and md5."""
+    for output in outputs:
+        path = out_dir / output.path
+        if not path.is_file() or path.stat().st_size != output.bytes:
+            return False
+        if file_digest(path).md5 != output.md5:
+            return False
+    return True

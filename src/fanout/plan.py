@@ -1,0 +1,99 @@
+"""The plan of a run: which files go where and which task runs which command.
+
+Planning touches nothing: it reads the job file's globs against the local disk and renders each
+task's command line, so ``fanout run --dry-run`` and a real run see exactly the same plan.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shlex
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from fanout.errors import JobFileError
+from fanout.spec import Job
+from fanout.taskids import derive_task_ids
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    """One task: an input file and the command that processes it."""
+
+    id: str
+    input: Path
+    command: str
+
+    @property
+    def input_name(self) -> str:
+        """The input's file name, which is also its path in the task's working directory."""
+        return self.input.name
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, before anything is created."""
+
+    job: Job
+    tasks: tuple[PlannedTask, ...]
+    app_files: tuple[Path, ...]
+
+
+def make_plan(job: Job) -> Plan:
+    """Resolve the job's globs and render one command line per input."""
+    section = job.spec.job
+    inputs = resolve_files(job, section.inputs, "inputs")
+    app_files = resolve_files(job, section.app, "app")
+    _refuse_duplicate_names(job, app_files, "app")
+
+    ids = derive_task_ids((path.stem or path.name, str(path)) for path in inputs)
+    tasks = tuple(
+        PlannedTask(id=task_id, input=path, command=render_command(section.command, task_id, path))
+        for task_id, path in zip(ids, inputs, strict=True)
+    )
+    return Plan(job=job, tasks=tasks, app_files=tuple(app_files))
+
+
+def render_command(template: str, task_id: str, input_path: Path) -> str:
+    """``template`` with each placeholder replaced by its shell-quoted value."""
+    values = {
+        "input": input_path.name,
+        "input_name": input_path.name,
+        "input_stem": input_path.stem,
+        "task_id": task_id,
+    }
+    pieces: list[str] = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        pieces.append(literal)
+        if field is not None:
+            pieces.append(shlex.quote(values[field]))
+    return "".join(pieces)
+
+
+def resolve_files(job: Job, patterns: list[str], field: str) -> list[Path]:
+    """Every file the globs in ``[job] field`` match, sorted, each once.
+
+    Patterns are relative to the job file's directory unless absolute; ``**`` matches any depth.
+    A pattern that matches no file is an error: it is almost always a typo.
+    """
+    found: set[Path] = set()
+    for pattern in patterns:
+        full = os.path.join(job.directory, os.path.expanduser(pattern))
+        matches = [Path(p) for p in glob.glob(full, recursive=True) if os.path.isfile(p)]
+        if not matches:
+            raise JobFileError(f"{job.path}: [job] {field}: '{pattern}' matches no file")
+        found.update(path.resolve() for path in matches)
+    return sorted(found)
+
+
+def _refuse_duplicate_names(job: Job, files: list[Path], field: str) -> None:
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.name in seen:
+            raise JobFileError(
+                f"{job.path}: [job] {field}: {seen[path.name]} and {path} would both land as"
+                f" '{path.name}'"
+            )
+        seen[path.name] = path

@@ -1,0 +1,80 @@
+"""The plugin manager: entry-point loading and the registry of backends plugins provide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import pluggy
+
+from fanout import hookspecs
+from fanout.backend import Backend
+from fanout.errors import PluginError
+
+ENTRY_POINT_GROUP = "fanout"
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """A registered backend and the distribution that provides it."""
+
+    cls: type[Backend]
+    distribution: str
+    version: str
+
+
+@cache
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager, with every installed plugin loaded."""
+    manager = pluggy.PluginManager("fanout")
+    manager.add_hookspecs(hookspecs)
+    try:
+        manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    except Exception as exc:  # a broken third-party plugin must not show as a traceback
+        raise PluginError(f"cannot load a fanout plugin: {exc}") from exc
+    manager.check_pending()
+    return manager
+
+
+def backends(manager: pluggy.PluginManager | None = None) -> dict[str, BackendEntry]:
+    """Every registered backend by name."""
+    manager = manager or get_plugin_manager()
+    found: dict[str, BackendEntry] = {}
+    # Each implementation is called on its own, so that a backend is credited to its plugin.
+    for impl in manager.hook.fanout_register_backends.get_hookimpls():
+        distribution, version = _distribution_of(manager, impl.plugin)
+
+        def register(
+            cls: type[Backend], distribution: str = distribution, version: str = version
+        ) -> None:
+            if not (isinstance(cls, type) and issubclass(cls, Backend)):
+                raise PluginError(f"plugin {distribution} registered {cls!r}, not a Backend")
+            if cls.name in found:
+                raise PluginError(
+                    f"backend '{cls.name}' is registered by both"
+                    f" {found[cls.name].distribution} and {distribution}"
+                )
+            found[cls.name] = BackendEntry(cls, distribution, version)
+
+        impl.function(register=register)
+    return dict(sorted(found.items()))
+
+
+def get_backend(name: str, manager: pluggy.PluginManager | None = None) -> type[Backend]:
+    """The backend class called ``name``; the error lists those available."""
+    available = backends(manager)
+    if name not in available:
+        names = ", ".join(available) or "none"
+        raise PluginError(
+            f"backend '{name}' is not available (plugin may not be installed); available: {names}"
+        )
+    return available[name].cls
+
+
+def _distribution_of(manager: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
+    for candidate, dist in manager.list_plugin_distinfo():
+        if candidate is plugin:
+            metadata = dist.metadata
+            return str(metadata["name"]), str(dist.version)
+    name = manager.get_name(plugin) or repr(plugin)
+    return f"{name} (not installed)", "-"

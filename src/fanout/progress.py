@@ -1,0 +1,165 @@
+"""What a person sees: a live display on a terminal, plain log lines elsewhere, a summary.
+
+The scheduler reports through the ``Reporter`` interface; ``make_reporter`` picks the live
+display (rich) when the output is a terminal and plain lines otherwise (CI logs, pipes).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.console import Console
+from rich.filesize import decimal
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from fanout.errors import ExitCode
+from fanout.ledger import Ledger, TaskRecord
+from fanout.prepare import DEFAULT_OUT, Prepared
+
+STATES = ("pending", "running", "succeeded", "failed")
+
+
+class Reporter:
+    """Plain log lines, one per event; the base of the live display."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self._lock = threading.Lock()
+        self._staged_bytes = 0
+        self._staging_total = 0
+        self._states: dict[str, str] = {}
+
+    def staging_started(self, files: int, total_bytes: int) -> None:
+        self._staging_total = total_bytes
+        self.console.print(f"staging {files} files ({decimal(total_bytes)})", highlight=False)
+
+    def staged(self, nbytes: int) -> None:
+        """Called from staging threads as each file is in place."""
+        with self._lock:
+            self._staged_bytes += nbytes
+
+    def tasks_submitted(self, count: int, tasks: Iterable[TaskRecord]) -> None:
+        self._states = {task.id: task.state for task in tasks}
+        self.console.print(f"submitted {count} tasks", highlight=False)
+
+    def task_changed(self, task: TaskRecord) -> None:
+        self._states[task.id] = task.state
+        if task.state == "succeeded":
+            self.console.print(f"task {task.id} succeeded", highlight=False)
+        elif task.state == "failed":
+            self.console.print(f"task {task.id} failed: {task.error}", highlight=False)
+
+    def counts(self) -> Counter[str]:
+        return Counter(self._states.values())
+
+    def finished(self, ledger: Ledger, record_path: Path, exit_code: ExitCode) -> None:
+        print_summary(self.console, ledger, record_path, exit_code)
+
+    def close(self) -> None:
+        pass
+
+
+class LiveReporter(Reporter):
+    """A live display of bytes staged and tasks by state, redrawn in place."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(console)
+        self._live = Live(console=console, refresh_per_second=8, get_renderable=self._render)
+        self._live.start()
+
+    def staging_started(self, files: int, total_bytes: int) -> None:
+        self._staging_total = total_bytes
+
+    def tasks_submitted(self, count: int, tasks: Iterable[TaskRecord]) -> None:
+        self._states = {task.id: task.state for task in tasks}
+
+    def task_changed(self, task: TaskRecord) -> None:
+        self._states[task.id] = task.state
+        if task.state == "failed":
+            self._live.console.print(
+                f"[red]task {escape(task.id)} failed:[/] {escape(str(task.error))}"
+            )
+
+    def finished(self, ledger: Ledger, record_path: Path, exit_code: ExitCode) -> None:
+        self.close()
+        super().finished(ledger, record_path, exit_code)
+
+    def close(self) -> None:
+        self._live.stop()
+
+    def _render(self) -> Text:
+        counts = self.counts()
+        staged = f"staged {decimal(self._staged_bytes)} of {decimal(self._staging_total)}"
+        if not self._states:
+            return Text(staged)
+        queued = counts["pending"]
+        tasks = (
+            f"tasks: {queued} queued, {counts['running']} running,"
+            f" {counts['succeeded']} succeeded, {counts['failed']} failed"
+            f" of {len(self._states)}"
+        )
+        return Text(f"{staged}\n{tasks}")
+
+
+def make_reporter(console: Console) -> Reporter:
+    """The live display on a terminal, plain lines otherwise."""
+    return LiveReporter(console) if console.is_terminal else Reporter(console)
+
+
+def print_summary(console: Console, ledger: Ledger, record_path: Path, exit_code: ExitCode) -> None:
+    """Tasks by state, each failed task with its error and stderr tail, and where things are."""
+    counts = Counter(task.state for task in ledger.tasks.values())
+    failed = [task for task in ledger.tasks.values() if task.state == "failed"]
+    if failed:
+        table = Table(title="failed tasks", title_justify="left")
+        for column in ("task", "exit code", "attempts", "error", "last lines of stderr"):
+            table.add_column(column)
+        for task in failed:
+            table.add_row(
+                task.id,
+                "-" if task.exit_code is None else str(task.exit_code),
+                str(task.attempts),
+                task.error or "",
+                task.stderr_tail or "",
+            )
+        console.print(table)
+    summary = ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state])
+    if exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
+        console.print(
+            f"run {ledger.run_id} interrupted ({summary});"
+            f" resume it with: fanout run {ledger.job_file} --resume {ledger.run_id}",
+            highlight=False,
+        )
+    else:
+        console.print(f"run {ledger.run_id} finished: {summary}", highlight=False)
+    console.print(f"outputs in {ledger.out}, run record {record_path}", highlight=False)
+
+
+def print_plan(console: Console, prepared: Prepared) -> None:
+    """What a run would do: tasks and their command lines, files to stage, where things go."""
+    plan, options = prepared.plan, prepared.options
+    console.print(f"job {prepared.job.name} ({prepared.job.path})")
+    console.print(
+        f"backend {prepared.backend_cls.name}: {prepared.settings.model_dump(mode='json')}"
+    )
+    console.print(f"storage {prepared.storage_url}")
+    console.print(f"outputs to {(options.out or DEFAULT_OUT).resolve()}")
+    section = prepared.job.spec.job
+    if plan.app_files:
+        console.print("app files, to every node's $FANOUT_APP_DIR:")
+        for path in plan.app_files:
+            console.print(f"  {path} ({decimal(path.stat().st_size)})")
+    for command in section.setup:
+        console.print(f"setup: {command}")
+    table = Table(
+        "task", "input", "command", title=f"{len(plan.tasks)} tasks", title_justify="left"
+    )
+    for task in plan.tasks:
+        table.add_row(task.id, f"{task.input} ({decimal(task.input.stat().st_size)})", task.command)
+    console.print(table)

@@ -1,0 +1,327 @@
+"""The run: stage, provision, submit, monitor, collect, clean up, record.
+
+The scheduler owns the flow and the ledger and knows nothing about any cloud: a backend runs
+tasks, storage moves bytes. A run that is interrupted (Ctrl-C, SIGTERM) cancels its tasks,
+tears down what its backend created, records where it stopped, and can be resumed.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fanout.backend import (
+    Backend,
+    OutputFile,
+    PoolSpec,
+    ResourceFile,
+    RunContext,
+    TaskSpec,
+    TaskState,
+    TaskUpdate,
+)
+from fanout.collect import MissingOutput, collect_outputs, outputs_intact
+from fanout.errors import ExitCode, FanoutError, SetupError, StorageError
+from fanout.ledger import RECORD_NAME, Ledger, TaskRecord, new_run_id, now_iso
+from fanout.plan import Plan
+from fanout.prepare import DEFAULT_OUT, Prepared
+from fanout.progress import Reporter
+from fanout.storage import StagedFile, Storage
+
+COLLECT_CONCURRENCY = 8
+POLL_TIMEOUT_S = 0.5
+STDERR_TAIL_LINES = 20
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM; carries the exit status to use."""
+
+    def __init__(self, exit_code: ExitCode) -> None:
+        super().__init__(exit_code.name)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended."""
+
+    exit_code: ExitCode
+    ledger: Ledger
+    record_path: Path
+
+
+def run(prepared: Prepared, reporter: Reporter) -> Outcome:
+    """Carry out a prepared run from start to finish (or to a clean interruption)."""
+    storage = Storage(prepared.storage_url)
+    storage.check_reachable()
+    ledger = open_ledger(prepared, storage)
+    context = RunContext(
+        run_id=ledger.run_id,
+        job_id=f"{prepared.job.name}-{ledger.run_id}",
+        job_dir=prepared.job.directory,
+    )
+    backend = prepared.backend_cls(prepared.settings, context)
+    backend.preflight()
+    return _Run(prepared, storage, ledger, backend, reporter).execute()
+
+
+def open_ledger(prepared: Prepared, storage: Storage) -> Ledger:
+    """A new ledger, or the one of the run to resume with its finished tasks checked."""
+    options, job = prepared.options, prepared.job
+    if options.resume is None:
+        out = (options.out or DEFAULT_OUT).resolve()
+        _check_out_dir(out)
+        tasks = {
+            task.id: TaskRecord(id=task.id, input=str(task.input), command=task.command)
+            for task in prepared.plan.tasks
+        }
+        return Ledger(
+            storage=storage,
+            run_id=new_run_id(),
+            job=job.name,
+            job_file=str(job.path),
+            backend=prepared.backend_cls.name,
+            out=str(out),
+            tasks=tasks,
+        )
+
+    run_id = options.resume or Ledger.latest_unfinished(storage, job.name)
+    if run_id is None:
+        raise FanoutError(f"no unfinished run of job '{job.name}' in {storage.url} to resume")
+    ledger = Ledger.load(storage, job.name, run_id)
+    if ledger.status == "finished":
+        raise FanoutError(f"run {run_id} of job '{job.name}' has already finished")
+    _check_same_plan(ledger, prepared.plan)
+    if options.out is not None:
+        ledger.out = str(options.out.resolve())
+    ledger.status, ledger.finished = "running", None
+    out = Path(ledger.out)
+    for record in ledger.tasks.values():
+        if record.state != "succeeded" or not outputs_intact(out, record.outputs):
+            record.reset()
+    return ledger
+
+
+class _Run:
+    """One run in progress: the state the phases share."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        storage: Storage,
+        ledger: Ledger,
+        backend: Backend,
+        reporter: Reporter,
+    ) -> None:
+        self.prepared = prepared
+        self.section = prepared.job.spec.job
+        self.storage = storage
+        self.ledger = ledger
+        self.backend = backend
+        self.reporter = reporter
+        self.out = Path(ledger.out)
+
+    def execute(self) -> Outcome:
+        stopped_by: ExitCode | None = None
+        completed = False
+        provisioned = False
+        try:
+            self.ledger.save()
+            pending = [r for r in self.ledger.tasks.values() if r.state == "pending"]
+            staged = self._stage(pending)
+            if pending:
+                provisioned = True  # a half-finished provision still needs a teardown
+                self.backend.provision(self._pool_spec(staged))
+                self._submit(pending, staged)
+                self._monitor({record.id for record in pending})
+            completed = True
+        except Interrupted as stop:
+            stopped_by = stop.exit_code
+        except SetupError as exc:
+            self._fail_unfinished(str(exc))
+            completed = True
+        finally:
+            # Also on an unexpected error: stop what runs, release what was made, record it.
+            with signals_deferred():
+                if provisioned:
+                    if not completed:
+                        self.backend.cancel()
+                    self.backend.teardown(keep=self._any_failed())
+                record_path = self._record(completed)
+        exit_code = stopped_by or (ExitCode.TASKS_FAILED if self._any_failed() else ExitCode.OK)
+        self.reporter.finished(self.ledger, record_path, exit_code)
+        return Outcome(exit_code, self.ledger, record_path)
+
+    def _stage(self, pending: list[TaskRecord]) -> dict[Path, StagedFile]:
+        files = [*self.prepared.plan.app_files, *(Path(r.input) for r in pending)]
+        sizes = sum(path.stat().st_size for path in set(files))
+        self.reporter.staging_started(len(set(files)), sizes)
+        try:
+            return self.storage.stage(
+                files,
+                self.storage.path("jobs", self.ledger.job, "staged"),
+                on_progress=self.reporter.staged,
+            )
+        except (OSError, StorageError) as exc:
+            raise FanoutError(f"cannot stage files to {self.storage.url}: {exc}") from None
+
+    def _pool_spec(self, staged: dict[Path, StagedFile]) -> PoolSpec:
+        app_files = tuple(
+            ResourceFile(self.storage.url_of(staged[path].path), path.name)
+            for path in self.prepared.plan.app_files
+        )
+        return PoolSpec(app_files=app_files, setup=tuple(self.section.setup), env=self.section.env)
+
+    def _submit(self, pending: list[TaskRecord], staged: dict[Path, StagedFile]) -> None:
+        specs = []
+        for record in pending:
+            source = staged[Path(record.input)]
+            destination = self._outputs_path(record.id)
+            self.storage.remove(destination)  # leftovers of an interrupted attempt
+            specs.append(
+                TaskSpec(
+                    id=record.id,
+                    command=record.command,
+                    resource_files=(
+                        ResourceFile(self.storage.url_of(source.path), source.source.name),
+                    ),
+                    output_files=tuple(
+                        OutputFile(pattern, self.storage.url_of(destination))
+                        for pattern in self.section.outputs
+                    ),
+                    env=self.section.env,
+                    max_retries=self.section.retries,
+                    timeout_s=self.section.timeout,
+                )
+            )
+        self.backend.submit(specs)
+        self.reporter.tasks_submitted(len(specs), self.ledger.tasks.values())
+
+    def _monitor(self, outstanding: set[str]) -> None:
+        collecting: dict[Future[None], str] = {}
+        with ThreadPoolExecutor(COLLECT_CONCURRENCY, thread_name_prefix="collect") as collector:
+            while outstanding:
+                timeout = 0.05 if collecting else POLL_TIMEOUT_S
+                for update in self.backend.poll(timeout):
+                    record = self.ledger.tasks[update.task_id]
+                    _apply(record, update)
+                    if update.state is TaskState.SUCCEEDED:
+                        collecting[collector.submit(self._collect, record)] = record.id
+                        continue
+                    if update.state is TaskState.FAILED:
+                        record.state = "failed"
+                        record.stderr_tail = self.backend.task_logs(record.id, STDERR_TAIL_LINES)
+                        outstanding.discard(record.id)
+                    self.reporter.task_changed(record)
+                for future in [f for f in collecting if f.done()]:
+                    record = self.ledger.tasks[collecting.pop(future)]
+                    future.result()
+                    outstanding.discard(record.id)
+                    self.reporter.task_changed(record)
+                self.ledger.save(force=False)
+
+    def _collect(self, record: TaskRecord) -> None:
+        """Bring a succeeded task's outputs home; a task without them has failed."""
+        try:
+            record.outputs = collect_outputs(
+                self.storage,
+                self._outputs_path(record.id),
+                self.section.outputs,
+                self.out,
+                record.id,
+            )
+            record.state = "succeeded"
+        except MissingOutput as exc:
+            record.state, record.error = "failed", str(exc)
+        except (OSError, StorageError) as exc:
+            record.state, record.error = "failed", f"cannot collect outputs: {exc}"
+
+    def _outputs_path(self, task_id: str) -> str:
+        return f"{self.ledger.run_path}/outputs/{task_id}"
+
+    def _fail_unfinished(self, reason: str) -> None:
+        for record in self.ledger.tasks.values():
+            if record.state in ("pending", "running"):
+                record.state, record.error = "failed", f"not run: {reason}"
+
+    def _any_failed(self) -> bool:
+        return any(record.state == "failed" for record in self.ledger.tasks.values())
+
+    def _record(self, completed: bool) -> Path:
+        """Save the ledger and write the run record; unfinished tasks run again on resume."""
+        for record in self.ledger.tasks.values():
+            if record.state == "running":
+                record.state = "pending"
+        self.ledger.status = "finished" if completed else "interrupted"
+        self.ledger.finished = now_iso()
+        self.ledger.save()
+        return self.ledger.write_record()
+
+
+def _apply(record: TaskRecord, update: TaskUpdate) -> None:
+    """Copy what a backend reported into the task's record."""
+    record.state = "running"
+    record.attempts = update.attempts or record.attempts
+    record.node = update.node or record.node
+    record.exit_code = update.exit_code
+    record.error = update.error
+    if update.started is not None and update.finished is not None:
+        record.duration_s = round(update.finished - update.started, 3)
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse an output directory holding files that fanout did not write."""
+    if out.exists() and not out.is_dir():
+        raise FanoutError(f"output directory {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / RECORD_NAME).exists():
+        raise FanoutError(
+            f"output directory {out} holds files fanout did not write; choose another with --out"
+        )
+
+
+def _check_same_plan(ledger: Ledger, plan: Plan) -> None:
+    planned = {task.id: task.command for task in plan.tasks}
+    recorded = {task_id: record.command for task_id, record in ledger.tasks.items()}
+    if planned != recorded:
+        raise FanoutError(
+            f"the job's inputs or command changed since run {ledger.run_id} started;"
+            " start a new run instead of resuming"
+        )
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM while cleaning up, so a second Ctrl-C cannot orphan nodes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into ``Interrupted`` in the main thread, for a clean stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        code = ExitCode.INTERRUPTED if signum == signal.SIGINT else ExitCode.TERMINATED
+        raise Interrupted(code)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,196 @@
+"""Moving bytes between this machine and the run's storage, through fsspec.
+
+Storage holds, under its root URL::
+
+    jobs/<job>/staged/<md5>/<name>          app and input files, by content (shared by runs)
+    jobs/<job>/runs/<run-id>/ledger.json    the run's ledger
+    jobs/<job>/runs/<run-id>/outputs/<task-id>/...   what each task produced
+
+Staged files are addressed by their md5, so a re-run uploads only what changed and a resumed
+run always finds the exact bytes it planned with. Every write lands under its final name only
+when complete, and every download is checked against the stored size before it is renamed
+into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import fsspec
+
+from fanout.atomic import atomic_write
+from fanout.errors import StorageError
+
+CHUNK = 1024 * 1024
+STAGING_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Size and md5 of some bytes."""
+
+    size: int
+    md5: str
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A local file and where its bytes are in storage."""
+
+    source: Path
+    path: str
+    digest: Digest
+
+
+def copy_stream(source: BinaryIO, target: BinaryIO | None = None) -> Digest:
+    """Read ``source`` to its end in chunks, writing to ``target`` if given; its digest."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    size = 0
+    while chunk := source.read(CHUNK):
+        md5.update(chunk)
+        size += len(chunk)
+        if target is not None:
+            target.write(chunk)
+    return Digest(size, md5.hexdigest())
+
+
+def file_digest(path: Path) -> Digest:
+    """Size and md5 of a local file."""
+    with path.open("rb") as handle:
+        return copy_stream(handle)
+
+
+def default_storage_url(job_dir: Path) -> str:
+    """Where a job keeps its files when it names no storage: ``.fanout/`` beside the job file."""
+    return (job_dir / ".fanout").as_uri()
+
+
+def normalize_url(url: str, relative_to: Path) -> str:
+    """A storage URL with a bare local path made absolute (relative to ``relative_to``)."""
+    if "://" in url:
+        return url.rstrip("/")
+    return (relative_to / os.path.expanduser(url)).resolve().as_uri()
+
+
+class Storage:
+    """The run's storage, rooted at one fsspec URL."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            raise StorageError(f"storage '{url}': {exc}") from None
+        self.url = url
+        self.root = self.root.rstrip("/")
+        self._is_local = "file" in _protocols(self.fs)
+
+    def path(self, *parts: str) -> str:
+        """The storage path of ``parts`` joined under the root."""
+        return "/".join((self.root, *parts))
+
+    def url_of(self, path: str) -> str:
+        """A URL for ``path`` that fsspec can open from anywhere (unsigned)."""
+        return str(self.fs.unstrip_protocol(path))
+
+    def check_reachable(self) -> None:
+        """Fail early, before anything is created, if the storage cannot be used."""
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+            self.fs.ls(self.root)
+        except Exception as exc:
+            raise StorageError(f"cannot use storage {self.url}: {exc}") from None
+
+    def stage(
+        self,
+        files: Iterable[Path],
+        prefix: str,
+        on_progress: Callable[[int], None] = lambda nbytes: None,
+    ) -> dict[Path, StagedFile]:
+        """Upload ``files`` under ``prefix/<md5>/<name>``, skipping those already there.
+
+        ``on_progress`` is called with the size of each file once it is in place.
+        """
+
+        def stage_one(source: Path) -> StagedFile:
+            digest = file_digest(source)
+            target = f"{prefix}/{digest.md5}/{source.name}"
+            if not self._holds(target, digest.size):
+                self._put(source, target)
+            on_progress(digest.size)
+            return StagedFile(source, target, digest)
+
+        unique = sorted(set(files))
+        with ThreadPoolExecutor(STAGING_CONCURRENCY, thread_name_prefix="stage") as pool:
+            return {staged.source: staged for staged in pool.map(stage_one, unique)}
+
+    def download(self, path: str, destination: Path) -> Digest:
+        """Copy ``path`` to ``destination`` atomically, checking its size; returns its digest."""
+        expected = self.fs.size(path)
+        with atomic_write(destination) as out, self.fs.open(path, "rb") as source:
+            digest = copy_stream(source, out)
+            if digest.size != expected:
+                raise StorageError(
+                    f"download of {path} is incomplete: {digest.size} of {expected} bytes"
+                )
+        return digest
+
+    def find(self, prefix: str) -> list[str]:
+        """Every file under ``prefix``, as paths relative to it."""
+        if not self.fs.exists(prefix):
+            return []
+        return sorted(
+            full[len(prefix) + 1 :] for full in self.fs.find(prefix) if full.startswith(prefix)
+        )
+
+    def remove(self, path: str) -> None:
+        """Delete ``path`` and everything under it; a missing path is fine."""
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def read_json(self, path: str) -> Any:
+        with self.fs.open(path, "rb") as handle:
+            return json.load(handle)
+
+    def write_json(self, path: str, data: Any) -> None:
+        """Write ``data`` so that readers see the old or the new document, never half of one."""
+        encoded = json.dumps(data, indent=1).encode("utf-8")
+        if self._is_local:
+            with atomic_write(Path(path)) as out:
+                out.write(encoded)
+        else:
+            self.fs.pipe_file(path, encoded)
+
+    def list_dirs(self, path: str) -> list[str]:
+        """Names of the directories directly under ``path``."""
+        if not self.fs.exists(path):
+            return []
+        return sorted(
+            entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            for entry in self.fs.ls(path, detail=True)
+            if entry["type"] == "directory"
+        )
+
+    def _holds(self, path: str, size: int) -> bool:
+        try:
+            return bool(self.fs.size(path) == size)
+        except FileNotFoundError:
+            return False
+
+    def _put(self, source: Path, target: str) -> None:
+        if self._is_local:
+            with atomic_write(Path(target)) as out, source.open("rb") as src:
+                copy_stream(src, out)
+        else:
+            self.fs.put_file(str(source), target)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
