@@ -102,10 +102,15 @@ class Ledger:
             data = storage.read_json(path)
         except FileNotFoundError:
             raise FanoutError(f"no run '{run_id}' of job '{job}' in {storage.url}") from None
-        tasks = {t["id"]: TaskRecord.from_json(t) for t in data.pop("tasks")}
-        data.pop("version", None)
-        data.pop("storage", None)
-        return cls(storage=storage, tasks=tasks, **data)
+        except ValueError as exc:
+            raise FanoutError(f"the ledger of run '{run_id}' is damaged ({exc}): {path}") from None
+        try:
+            tasks = {t["id"]: TaskRecord.from_json(t) for t in data.pop("tasks")}
+            data.pop("version", None)
+            data.pop("storage", None)
+            return cls(storage=storage, tasks=tasks, **data)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise FanoutError(f"the ledger of run '{run_id}' is damaged ({exc}): {path}") from None
 
     @classmethod
     def latest_unfinished(cls, storage: Storage, job: str) -> str | None:

@@ -58,6 +58,8 @@ class Outcome:
 def run(prepared: Prepared, reporter: Reporter) -> Outcome:
     """Carry out a prepared run from start to finish (or to a clean interruption)."""
     storage = Storage(prepared.storage_url)
+    if prepared.options.resume is None:
+        _check_out_dir(_new_out_dir(prepared))
     storage.check_reachable()
     ledger = open_ledger(prepared, storage)
     context = RunContext(
@@ -74,8 +76,6 @@ def open_ledger(prepared: Prepared, storage: Storage) -> Ledger:
     """A new ledger, or the one of the run to resume with its finished tasks checked."""
     options, job = prepared.options, prepared.job
     if options.resume is None:
-        out = (options.out or DEFAULT_OUT).resolve()
-        _check_out_dir(out)
         tasks = {
             task.id: TaskRecord(id=task.id, input=str(task.input), command=task.command)
             for task in prepared.plan.tasks
@@ -86,7 +86,7 @@ def open_ledger(prepared: Prepared, storage: Storage) -> Ledger:
             job=job.name,
             job_file=str(job.path),
             backend=prepared.backend_cls.name,
-            out=str(out),
+            out=str(_new_out_dir(prepared)),
             tasks=tasks,
         )
 
@@ -272,6 +272,10 @@ def _apply(record: TaskRecord, update: TaskUpdate) -> None:
     record.error = update.error
     if update.started is not None and update.finished is not None:
         record.duration_s = round(update.finished - update.started, 3)
+
+
+def _new_out_dir(prepared: Prepared) -> Path:
+    return (prepared.options.out or DEFAULT_OUT).resolve()
 
 
 def _check_out_dir(out: Path) -> None:

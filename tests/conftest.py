@@ -1,0 +1,86 @@
+"""Shared helpers: write job files, run the real ``fanout`` command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOPWORDS = REPO / "node_task" / "topwords.py"
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML (strings, numbers, booleans, lists and tables of those)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def write_job(directory: Path, tables: dict[str, dict[str, Any]]) -> Path:
+    """Write ``job.toml`` in ``directory`` from ``{"job": {...}, "backends.local": {...}}``."""
+    lines = []
+    for table, fields in tables.items():
+        lines.append(f"[{table}]")
+        lines.extend(f"{key} = {toml_value(value)}" for key, value in fields.items())
+        lines.append("")
+    path = directory / "job.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def write_inputs(directory: Path, contents: dict[str, str]) -> None:
+    for name, text in contents.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+
+
+def run_fanout(
+    *args: str | os.PathLike[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``fanout ARGS`` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "fanout", *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def load_record(out: Path) -> dict[str, Any]:
+    record: dict[str, Any] = json.loads((out / "fanout-run.json").read_text())
+    return record
+
+
+@pytest.fixture
+def job_dir(tmp_path: Path) -> Path:
+    """An empty directory for a job file and its inputs."""
+    directory = tmp_path / "job"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def fanout() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return run_fanout
