@@ -7,6 +7,7 @@ display (rich) when the output is a terminal and plain lines otherwise (CI logs,
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +27,9 @@ STATES = ("pending", "running", "succeeded", "failed")
 
 
 class Reporter:
-    """Plain log lines, one per event; the base of the live display."""
+    """Plain log lines: each failure as it happens, progress at most every few seconds."""
+
+    progress_interval_s = 5.0
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -34,10 +37,11 @@ class Reporter:
         self._staged_bytes = 0
         self._staging_total = 0
         self._states: dict[str, str] = {}
+        self._last_progress = 0.0
 
     def staging_started(self, files: int, total_bytes: int) -> None:
         self._staging_total = total_bytes
-        self.console.print(f"staging {files} files ({decimal(total_bytes)})", highlight=False)
+        self._line(f"staging {files} files ({decimal(total_bytes)})")
 
     def staged(self, nbytes: int) -> None:
         """Called from staging threads as each file is in place."""
@@ -46,23 +50,38 @@ class Reporter:
 
     def tasks_submitted(self, count: int, tasks: Iterable[TaskRecord]) -> None:
         self._states = {task.id: task.state for task in tasks}
-        self.console.print(f"submitted {count} tasks", highlight=False)
+        self._line(f"submitted {count} tasks")
 
     def task_changed(self, task: TaskRecord) -> None:
         self._states[task.id] = task.state
-        if task.state == "succeeded":
-            self.console.print(f"task {task.id} succeeded", highlight=False)
-        elif task.state == "failed":
-            self.console.print(f"task {task.id} failed: {task.error}", highlight=False)
+        if task.state == "failed":
+            self._line(f"task {task.id} failed: {task.error}")
+        now = time.monotonic()
+        if now - self._last_progress >= self.progress_interval_s:
+            self._last_progress = now
+            self._line(self.status())
 
     def counts(self) -> Counter[str]:
         return Counter(self._states.values())
+
+    def status(self) -> str:
+        """Tasks by state, e.g. ``tasks: 3 queued, 2 running, 5 succeeded, 0 failed of 10``."""
+        counts = self.counts()
+        return (
+            f"tasks: {counts['pending']} queued, {counts['running']} running,"
+            f" {counts['succeeded']} succeeded, {counts['failed']} failed of {len(self._states)}"
+        )
 
     def finished(self, ledger: Ledger, record_path: Path, exit_code: ExitCode) -> None:
         print_summary(self.console, ledger, record_path, exit_code)
 
     def close(self) -> None:
         pass
+
+    def _line(self, text: str) -> None:
+        """One plain line, without rich's markup and wrapping (it is also cheaper)."""
+        self.console.file.write(text + "\n")
+        self.console.file.flush()
 
 
 class LiveReporter(Reporter):
@@ -94,17 +113,8 @@ class LiveReporter(Reporter):
         self._live.stop()
 
     def _render(self) -> Text:
-        counts = self.counts()
         staged = f"staged {decimal(self._staged_bytes)} of {decimal(self._staging_total)}"
-        if not self._states:
-            return Text(staged)
-        queued = counts["pending"]
-        tasks = (
-            f"tasks: {queued} queued, {counts['running']} running,"
-            f" {counts['succeeded']} succeeded, {counts['failed']} failed"
-            f" of {len(self._states)}"
-        )
-        return Text(f"{staged}\n{tasks}")
+        return Text(f"{staged}\n{self.status()}" if self._states else staged)
 
 
 def make_reporter(console: Console) -> Reporter:

@@ -179,10 +179,12 @@ class _Run:
 
     def _submit(self, pending: list[TaskRecord], staged: dict[Path, StagedFile]) -> None:
         specs = []
+        leftovers = set(self.storage.list_dirs(self._outputs_path()))
         for record in pending:
             source = staged[Path(record.input)]
             destination = self._outputs_path(record.id)
-            self.storage.remove(destination)  # leftovers of an interrupted attempt
+            if record.id in leftovers:  # from an attempt that was interrupted
+                self.storage.remove(destination)
             specs.append(
                 TaskSpec(
                     id=record.id,
@@ -241,8 +243,8 @@ class _Run:
         except (OSError, StorageError) as exc:
             record.state, record.error = "failed", f"cannot collect outputs: {exc}"
 
-    def _outputs_path(self, task_id: str) -> str:
-        return f"{self.ledger.run_path}/outputs/{task_id}"
+    def _outputs_path(self, *task_id: str) -> str:
+        return "/".join((self.ledger.run_path, "outputs", *task_id))
 
     def _fail_unfinished(self, reason: str) -> None:
         for record in self.ledger.tasks.values():

@@ -160,7 +160,7 @@ class Storage:
 
     def write_json(self, path: str, data: Any) -> None:
         """Write ``data`` so that readers see the old or the new document, never half of one."""
-        encoded = json.dumps(data, indent=1).encode("utf-8")
+        encoded = json.dumps(data, separators=(",", ":")).encode("utf-8")
         if self._is_local:
             with atomic_write(Path(path)) as out:
                 out.write(encoded)
@@ -179,9 +179,10 @@ class Storage:
 
     def _holds(self, path: str, size: int) -> bool:
         try:
-            return bool(self.fs.size(path) == size)
+            found = os.path.getsize(path) if self._is_local else self.fs.size(path)
         except FileNotFoundError:
             return False
+        return bool(found == size)
 
     def _put(self, source: Path, target: str) -> None:
         if self._is_local:

@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -92,15 +93,21 @@ class LocalBackend(Backend):
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._janitor = ThreadPoolExecutor(1, thread_name_prefix="janitor")
         self._pool_env: dict[str, str] = {}
 
     @property
     def shared_dir(self) -> Path:
         return self.node_dir / "shared"
 
+    @property
+    def _job_dir(self) -> Path:
+        """Where this run's tasks get their directories, as on a Batch node."""
+        return self.node_dir / "workitems" / self.context.job_id / "job-1"
+
     def provision(self, pool: PoolSpec) -> None:
         startup = self.node_dir / "startup"
-        for directory in (self.shared_dir, startup / "wd"):
+        for directory in (self.shared_dir, startup / "wd", self._job_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self._pool_env = dict(pool.env)
         try:
@@ -151,6 +158,7 @@ class LocalBackend(Backend):
 
     def teardown(self, keep: bool = False) -> None:
         self._stop_workers()
+        self._janitor.shutdown(wait=True)
         if not (keep or self._keep):
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -213,13 +221,19 @@ class LocalBackend(Backend):
                 finished=time.time(),
             )
         )
+        if state is TaskState.SUCCEEDED and not self._keep:
+            # Its outputs are in storage: remove its directory now, off the slot's path,
+            # rather than all of them in a long teardown.
+            self._janitor.submit(shutil.rmtree, self._job_dir / task.id, ignore_errors=True)
 
     def _run_attempt(self, task: TaskSpec, attempt: int) -> tuple[int | None, str | None]:
         """Run one attempt in a fresh working directory: (exit code, error or None)."""
-        task_dir = self.node_dir / "workitems" / self.context.job_id / "job-1" / task.id
+        task_dir = self._job_dir / task.id
         attempt_dir = task_dir / f"attempt-{attempt}"
         work_dir = attempt_dir / "wd"
-        work_dir.mkdir(parents=True)
+        task_dir.mkdir(exist_ok=True)
+        attempt_dir.mkdir()
+        work_dir.mkdir()
         self._last_attempt[task.id] = attempt_dir
         try:
             _fetch_all(task.resource_files, work_dir)
