@@ -111,3 +111,33 @@ def test_resume_refuses_a_changed_job(job_dir: Path) -> None:
     assert result.returncode == 2
     assert "changed" in result.stderr
     assert os.path.exists(job_dir / "out" / "fanout-run.json")
+
+
+def test_sigterm_stops_the_run_like_ctrl_c(job_dir: Path) -> None:
+    write_inputs(job_dir, {"slow.txt": "s"})
+    pid_file = job_dir / "task.pid"
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "term",
+                "inputs": ["*.txt"],
+                "command": f"echo $$ > {pid_file}; sleep 300",
+            }
+        },
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "run", "job.toml", "--out", "out"],
+        cwd=job_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(pid_file.exists)
+    run.terminate()
+    stdout, stderr = run.communicate(timeout=30)
+    assert run.returncode == 143, stderr + stdout
+    assert "Traceback" not in stderr + stdout
+    assert load_record(job_dir / "out")["status"] == "interrupted"
+    wait_for(lambda: pid_file.read_text().strip() != "")
+    assert not process_alive(int(pid_file.read_text()))
