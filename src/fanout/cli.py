@@ -42,7 +42,9 @@ def cli() -> None:
     help="Where outputs and the run record go.  [default: ./fanout-out]",
 )
 @click.option("--slots", type=click.IntRange(min=1), help="Tasks run at once per node.")
-@click.option("--retries", type=click.IntRange(min=0), help="Extra attempts after a failure.")
+@click.option(
+    "--retries", type=click.IntRange(min=0, max=100), help="Extra attempts after a failure."
+)
 @click.option("--timeout", callback=_duration, help="Per-task wall clock, e.g. 90s or 10m.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; create and run nothing.")
 @click.option(
@@ -77,6 +79,8 @@ def run_command(
     )
     with _user_errors(), interruptible():
         prepared = prepare(load_job(job_file), options, get_plugin_manager())
+        for warning in prepared.warnings:
+            click.echo(f"fanout: warning: {one_line(warning)}", err=True)
         if dry_run:
             print_plan(console, prepared)
             return
@@ -107,11 +111,16 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except FanoutError as exc:
-        click.echo(f"fanout: error: {exc}", err=True)
+        click.echo(f"fanout: error: {one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except Interrupted as stop:
         click.echo("fanout: interrupted before the run started; nothing was created", err=True)
         sys.exit(stop.exit_code)
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: a value quoted in it may hold a newline."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def make_plan(job: Job) -> Plan:
     app_files = resolve_files(job, section.app, "app")
     _refuse_duplicate_names(job, app_files, "app")
 
-    ids = derive_task_ids((path.stem or path.name, str(path)) for path in inputs)
+    ids = derive_task_ids((path.stem or path.name, _stable_key(job, path)) for path in inputs)
     tasks = tuple(
         PlannedTask(id=task_id, input=path, command=render_command(section.command, task_id, path))
         for task_id, path in zip(ids, inputs, strict=True)
@@ -80,12 +80,19 @@ def resolve_files(job: Job, patterns: list[str], field: str) -> list[Path]:
     """
     found: set[Path] = set()
     for pattern in patterns:
-        full = os.path.join(job.directory, os.path.expanduser(pattern))
-        matches = [Path(p) for p in glob.glob(full, recursive=True) if os.path.isfile(p)]
+        full = os.path.join(glob.escape(str(job.directory)), os.path.expanduser(pattern))
+        matches = [p for p in glob.glob(full, recursive=True) if os.path.isfile(p)]
         if not matches:
             raise JobFileError(f"{job.path}: [job] {field}: '{pattern}' matches no file")
-        found.update(path.resolve() for path in matches)
+        # Absolute but not resolved: a symbolic link keeps its own name.
+        found.update(Path(os.path.abspath(match)) for match in matches)
     return sorted(found)
+
+
+def _stable_key(job: Job, path: Path) -> str:
+    """What identifies an input across runs: its path relative to the job file, if it is
+    beneath it, so that moving the whole job folder keeps its task ids."""
+    return str(path.relative_to(job.directory)) if path.is_relative_to(job.directory) else str(path)
 
 
 def _refuse_duplicate_names(job: Job, files: list[Path], field: str) -> None:

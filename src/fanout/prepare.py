@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from fanout.backend import Backend, Capability
 from fanout.errors import FanoutError, JobFileError
 from fanout.plan import Plan, make_plan
-from fanout.plugins import get_backend
+from fanout.plugins import backends, get_backend
 from fanout.spec import Job, JobSection, format_validation_error, validate_job
 from fanout.storage import default_storage_url, normalize_url
 
@@ -51,15 +51,21 @@ class Prepared:
     settings: BaseModel
     storage_url: str
     options: RunOptions
+    warnings: tuple[str, ...] = ()
 
 
 def prepare(job: Job, options: RunOptions, manager: pluggy.PluginManager | None = None) -> Prepared:
     """Validate everything the run needs and plan it, touching nothing."""
     job = apply_overrides(job, options)
+    available = backends(manager)
     backend_cls = get_backend(options.backend, manager)
     settings = backend_settings(backend_cls, job, options)
     check_capabilities(backend_cls, job.spec.job)
+    unknown = sorted(set(job.spec.backends) - set(available))
     return Prepared(
+        warnings=tuple(
+            f"{job.path}: [backends.{name}] names no installed backend" for name in unknown
+        ),
         job=job,
         plan=make_plan(job),
         backend_cls=backend_cls,
@@ -91,18 +97,25 @@ def backend_settings(backend_cls: type[Backend], job: Job, options: RunOptions) 
     name = backend_cls.name
     model = backend_cls.settings_model
     values: dict[str, Any] = dict(job.spec.backends.get(name, {}))
+    sources: dict[str, str] = {}  # where a value that is not from the job file came from
     prefix = "FANOUT_" + name.upper().replace("-", "_") + "_"
     for field_name in model.model_fields:
         variable = prefix + field_name.upper()
         if variable in options.environ:
             values[field_name] = options.environ[variable]
+            sources[field_name] = f"environment variable {variable}"
     if options.slots is not None:
         if "slots" not in model.model_fields:
             raise FanoutError(f"backend '{name}' has no 'slots' setting; drop --slots")
         values["slots"] = options.slots
+        sources["slots"] = "--slots"
     try:
         return model.model_validate(values)
     except ValidationError as exc:
+        field_name = str(exc.errors()[0]["loc"][0]) if exc.errors()[0]["loc"] else ""
+        if field_name in sources:
+            source = sources[field_name]
+            raise FanoutError(f"{source}: {exc.errors()[0]['msg']}") from None
         source = str(job.path)
         raise JobFileError(format_validation_error(exc, source, ("backends", name))) from None
 

@@ -153,23 +153,26 @@ def print_summary(console: Console, ledger: Ledger, record_path: Path, exit_code
 
 def print_plan(console: Console, prepared: Prepared) -> None:
     """What a run would do: tasks and their command lines, files to stage, where things go."""
-    plan, options = prepared.plan, prepared.options
-    console.print(f"job {prepared.job.name} ({prepared.job.path})")
-    console.print(
-        f"backend {prepared.backend_cls.name}: {prepared.settings.model_dump(mode='json')}"
-    )
-    console.print(f"storage {prepared.storage_url}")
-    console.print(f"outputs to {(options.out or DEFAULT_OUT).resolve()}")
-    section = prepared.job.spec.job
+    plan, options, section = prepared.plan, prepared.options, prepared.job.spec.job
+
+    def line(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    line(f"job {prepared.job.name} ({prepared.job.path})")
+    line(f"backend {prepared.backend_cls.name}: {prepared.settings.model_dump(mode='json')}")
+    line(f"storage {prepared.storage_url}")
+    line(f"outputs {section.outputs} to {(options.out or DEFAULT_OUT).resolve()}")
+    timeout = "none" if section.timeout is None else f"{section.timeout:g}s"
+    line(f"retries {section.retries}, timeout {timeout}, env {section.env}")
     if plan.app_files:
-        console.print("app files, to every node's $FANOUT_APP_DIR:")
+        line("app files, to every node's $FANOUT_APP_DIR:")
         for path in plan.app_files:
-            console.print(f"  {path} ({decimal(path.stat().st_size)})")
+            line(f"  {path} ({decimal(path.stat().st_size)})")
     for command in section.setup:
-        console.print(f"setup: {command}")
-    table = Table(
-        "task", "input", "command", title=f"{len(plan.tasks)} tasks", title_justify="left"
-    )
+        line(f"setup: {command}")
+    table = Table("task", "input", "command", title=f"{len(plan.tasks)} tasks")
+    table.title_justify = "left"
     for task in plan.tasks:
-        table.add_row(task.id, f"{task.input} ({decimal(task.input.stat().st_size)})", task.command)
+        size = decimal(task.input.stat().st_size)
+        table.add_row(Text(task.id), Text(f"{task.input} ({size})"), Text(task.command))
     console.print(table)

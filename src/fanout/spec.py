@@ -6,6 +6,8 @@ A job file is TOML with a ``[job]`` table, an optional ``[storage]`` table and o
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import string
 import tomllib
@@ -23,8 +25,8 @@ PLACEHOLDERS = ("input", "input_name", "input_stem", "task_id")
 RESERVED_ENV_PREFIXES = ("FANOUT_", "AZ_BATCH_")
 """Variables every backend sets itself; a job may not set them."""
 
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SECONDS_PER_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -45,8 +47,8 @@ def parse_duration(value: object) -> float | None:
         seconds = sum(float(number) * _SECONDS_PER_UNIT[unit] for number, unit in parts)
     else:
         raise ValueError("must be a duration such as '90s', '10m' or '1h30m'")
-    if seconds <= 0:
-        raise ValueError("must be longer than zero")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError("must be a finite duration longer than zero")
     return seconds
 
 
@@ -79,7 +81,7 @@ def command_fields(template: str) -> list[str]:
 class JobSection(BaseModel):
     """The ``[job]`` table."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str
     inputs: list[str] = Field(min_length=1)
@@ -94,7 +96,7 @@ class JobSection(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        if not _JOB_NAME.match(name):
+        if not _JOB_NAME.fullmatch(name):
             raise ValueError(
                 f"'{name}' must start with a letter or digit and hold only letters, digits,"
                 " '-' and '_' (at most 40 characters)"
@@ -119,7 +121,7 @@ class JobSection(BaseModel):
     @classmethod
     def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"'{name}' is not a valid environment variable name")
             if name.startswith(RESERVED_ENV_PREFIXES):
                 raise ValueError(f"'{name}' is set by fanout itself and cannot be overridden")
@@ -129,7 +131,7 @@ class JobSection(BaseModel):
 class StorageSection(BaseModel):
     """The ``[storage]`` table."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     url: str | None = None
 
@@ -137,7 +139,7 @@ class StorageSection(BaseModel):
 class JobFile(BaseModel):
     """A whole job file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     job: JobSection
     storage: StorageSection = StorageSection()
@@ -170,7 +172,8 @@ def load_job(path: Path) -> Job:
         raise JobFileError(f"{path}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(f"{path}: {_toml_message(exc)}") from None
-    return Job(path=path.resolve(), spec=validate_job(raw, source=str(path)))
+    # Absolute, not resolved: a job file reached through a link keeps the link's folder.
+    return Job(path=Path(os.path.abspath(path)), spec=validate_job(raw, source=str(path)))
 
 
 def validate_job(raw: dict[str, Any], source: str) -> JobFile:

@@ -17,23 +17,24 @@ from collections.abc import Iterable
 MAX_ID_LENGTH = 64
 _HASH_LENGTH = 8
 _INVALID_RUN = re.compile(r"[^A-Za-z0-9_-]+")
-_VALID_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HYPHENS = re.compile(r"-{2,}")
+_VALID_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def is_valid_task_id(candidate: str) -> bool:
     """Whether ``candidate`` is an id Azure Batch accepts."""
-    return bool(_VALID_ID.match(candidate))
+    return bool(_VALID_ID.fullmatch(candidate))
 
 
 def readable_id(name: str) -> str:
     """The readable part of an id: ``name`` folded to ASCII, with other runs turned into '-'.
 
-    Accented letters lose their accents (``café`` gives ``cafe``); characters with no ASCII form
-    and runs of spaces or dots become a single hyphen. May return an empty string.
+    Accented letters lose their accents (``café`` gives ``cafe``); every run of characters with
+    no ASCII form, spaces, dots or hyphens becomes a single hyphen. May return an empty string.
     """
     decomposed = unicodedata.normalize("NFKD", name)
     ascii_only = "".join(ch if ch.isascii() else "-" for ch in decomposed if not _is_mark(ch))
-    return _INVALID_RUN.sub("-", ascii_only).strip("-")
+    return _HYPHENS.sub("-", _INVALID_RUN.sub("-", ascii_only)).strip("-")
 
 
 def derive_task_ids(names: Iterable[tuple[str, str]]) -> list[str]:
@@ -63,7 +64,8 @@ def derive_task_ids(names: Iterable[tuple[str, str]]) -> list[str]:
 
 
 def _with_hash(base: str, key: str) -> str:
-    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:_HASH_LENGTH]
+    # surrogateescape: a file name that is not valid UTF-8 still has bytes to hash.
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:_HASH_LENGTH]
     if not base:
         return f"task-{digest}"
     keep = MAX_ID_LENGTH - _HASH_LENGTH - 1
