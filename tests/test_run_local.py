@@ -236,3 +236,45 @@ def process_alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "\nState:\tZ" not in status.read_text()
+
+
+def test_names_with_spaces_and_hashes_travel_intact(tmp_path: Path) -> None:
+    job_dir = tmp_path / "a job #1"
+    write_inputs(job_dir, {"in/a #1.txt": "hash"})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "odd",
+                "inputs": ["in/*.txt"],
+                "command": "cp {input} copy-of-{input_stem}.out",
+                "outputs": ["*.out"],
+            }
+        },
+    )
+    result = run_fanout("run", "job.toml", "--out", "out dir", cwd=job_dir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (job_dir / "out dir" / "a-1" / "copy-of-a #1.out").read_text() == "hash"
+
+
+def test_any_fsspec_storage_works(job_dir: Path) -> None:
+    """The in-memory filesystem stands for a remote one: no local paths behind its URLs."""
+    write_inputs(job_dir, {"in/a.txt": "alpha", "in/b.txt": "beta"})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "memory",
+                "inputs": ["in/*.txt"],
+                "command": "cp {input} {input_stem}.out",
+                "outputs": ["*.out"],
+            }
+        },
+    )
+    result = run_fanout(
+        "run", "job.toml", "--storage", "memory://bucket/x", "--out", "out", cwd=job_dir
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (job_dir / "out" / "a" / "a.out").read_text() == "alpha"
+    assert load_record(job_dir / "out")["storage"] == "memory://bucket/x"
+    assert not (job_dir / ".fanout" / "jobs").exists()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import click
 
     from fanout.backend import Backend
+    from fanout.signing import Signer
 
 hookspec = pluggy.HookspecMarker("fanout")
 hookimpl = pluggy.HookimplMarker("fanout")
@@ -30,6 +31,15 @@ def fanout_register_backends(register: Callable[[type[Backend]], None]) -> None:
 
     :param register: call it with each ``fanout.backend.Backend`` subclass the plugin provides;
         the class's ``name`` is what users pass to ``--backend``.
+    """
+
+
+@hookspec
+def fanout_register_signers(register: Callable[[type[Signer]], None]) -> None:
+    """Register how storage protocols are opened and how nodes are given access to them.
+
+    :param register: call it with each ``fanout.signing.Signer`` subclass the plugin provides;
+        the class's ``protocols`` are the storage URL schemes it serves (``az``, ...).
     """
 
 

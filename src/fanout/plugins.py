@@ -10,6 +10,7 @@ import pluggy
 from fanout import hookspecs
 from fanout.backend import Backend
 from fanout.errors import PluginError
+from fanout.signing import Signer
 
 ENTRY_POINT_GROUP = "fanout"
 
@@ -69,6 +70,29 @@ def get_backend(name: str, manager: pluggy.PluginManager | None = None) -> type[
             f"backend '{name}' is not available (plugin may not be installed); available: {names}"
         )
     return available[name].cls
+
+
+def signers(manager: pluggy.PluginManager | None = None) -> dict[str, type[Signer]]:
+    """Every registered signer by the storage protocol it serves."""
+    manager = manager or get_plugin_manager()
+    found: dict[str, type[Signer]] = {}
+
+    def register(cls: type[Signer]) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Signer)):
+            raise PluginError(f"a plugin registered {cls!r} as a signer, not a Signer")
+        for protocol in cls.protocols:
+            if protocol in found and found[protocol] is not cls:
+                raise PluginError(f"storage protocol '{protocol}' has two signers")
+            found[protocol] = cls
+
+    manager.hook.fanout_register_signers(register=register)
+    return found
+
+
+def signer_for(url: str, manager: pluggy.PluginManager | None = None) -> type[Signer]:
+    """The signer that serves ``url``; fsspec's defaults for a protocol no plugin claims."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    return signers(manager).get(protocol, Signer)
 
 
 def _distribution_of(manager: pluggy.PluginManager, plugin: object) -> tuple[str, str]:

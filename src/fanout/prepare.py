@@ -19,7 +19,8 @@ from pydantic import BaseModel, ValidationError
 from fanout.backend import Backend, Capability
 from fanout.errors import FanoutError, JobFileError
 from fanout.plan import Plan, make_plan
-from fanout.plugins import backends, get_backend
+from fanout.plugins import backends, get_backend, signer_for
+from fanout.signing import Signer
 from fanout.spec import Job, JobSection, format_validation_error, validate_job
 from fanout.storage import default_storage_url, normalize_url
 
@@ -50,6 +51,7 @@ class Prepared:
     backend_cls: type[Backend]
     settings: BaseModel
     storage_url: str
+    signer_cls: type[Signer]
     options: RunOptions
     warnings: tuple[str, ...] = ()
 
@@ -62,6 +64,7 @@ def prepare(job: Job, options: RunOptions, manager: pluggy.PluginManager | None 
     settings = backend_settings(backend_cls, job, options)
     check_capabilities(backend_cls, job.spec.job)
     unknown = sorted(set(job.spec.backends) - set(available))
+    url = storage_url(job, options)
     return Prepared(
         warnings=tuple(
             f"{job.path}: [backends.{name}] names no installed backend" for name in unknown
@@ -70,7 +73,8 @@ def prepare(job: Job, options: RunOptions, manager: pluggy.PluginManager | None 
         plan=make_plan(job),
         backend_cls=backend_cls,
         settings=settings,
-        storage_url=storage_url(job, options),
+        storage_url=url,
+        signer_cls=signer_for(url, manager),
         options=options,
     )
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fanout.backend import (
@@ -57,7 +58,10 @@ class Outcome:
 
 def run(prepared: Prepared, reporter: Reporter) -> Outcome:
     """Carry out a prepared run from start to finish (or to a clean interruption)."""
-    storage = Storage(prepared.storage_url)
+    section = prepared.job.spec
+    lifetime = section.job.budget + section.storage.expiry_margin
+    expires = datetime.now(UTC) + timedelta(seconds=lifetime)
+    storage = Storage(prepared.signer_cls(prepared.storage_url, expires))
     if prepared.options.resume is None:
         _check_out_dir(_new_out_dir(prepared))
     storage.check_reachable()
@@ -172,7 +176,7 @@ class _Run:
 
     def _pool_spec(self, staged: dict[Path, StagedFile]) -> PoolSpec:
         app_files = tuple(
-            ResourceFile(self.storage.url_of(staged[path].path), path.name)
+            ResourceFile(self.storage.read_url(staged[path].path), path.name)
             for path in self.prepared.plan.app_files
         )
         return PoolSpec(app_files=app_files, setup=tuple(self.section.setup), env=self.section.env)
@@ -190,10 +194,10 @@ class _Run:
                     id=record.id,
                     command=record.command,
                     resource_files=(
-                        ResourceFile(self.storage.url_of(source.path), source.source.name),
+                        ResourceFile(self.storage.read_url(source.path), source.source.name),
                     ),
                     output_files=tuple(
-                        OutputFile(pattern, self.storage.url_of(destination))
+                        OutputFile(pattern, self.storage.write_url(destination))
                         for pattern in self.section.outputs
                     ),
                     env=self.section.env,

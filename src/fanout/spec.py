@@ -25,6 +25,11 @@ PLACEHOLDERS = ("input", "input_name", "input_stem", "task_id")
 RESERVED_ENV_PREFIXES = ("FANOUT_", "AZ_BATCH_")
 """Variables every backend sets itself; a job may not set them."""
 
+DEFAULT_BUDGET_S = 24 * 3600.0
+"""How long a whole run may take unless ``[job] budget`` says otherwise."""
+DEFAULT_EXPIRY_MARGIN_S = 3600.0
+"""How long signed URLs outlive the run's budget unless ``[storage] expiry_margin`` says."""
+
 _JOB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -52,7 +57,8 @@ def parse_duration(value: object) -> float | None:
     return seconds
 
 
-Duration = Annotated[float | None, BeforeValidator(parse_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+OptionalDuration = Annotated[float | None, BeforeValidator(parse_duration)]
 
 
 def command_fields(template: str) -> list[str]:
@@ -90,7 +96,8 @@ class JobSection(BaseModel):
     command: str = Field(min_length=1)
     outputs: list[str] = []
     retries: int = Field(default=0, ge=0, le=100)
-    timeout: Duration = None
+    timeout: OptionalDuration = None
+    budget: Duration = DEFAULT_BUDGET_S
     env: dict[str, str] = {}
 
     @field_validator("name")
@@ -134,6 +141,7 @@ class StorageSection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     url: str | None = None
+    expiry_margin: Duration = DEFAULT_EXPIRY_MARGIN_S
 
 
 class JobFile(BaseModel):

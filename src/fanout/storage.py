@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import fsspec
-
 from fanout.atomic import atomic_write
 from fanout.errors import StorageError
+from fanout.signing import Signer
 
 CHUNK = 1024 * 1024
 STAGING_CONCURRENCY = 16
@@ -69,43 +68,47 @@ def file_digest(path: Path) -> Digest:
 
 def default_storage_url(job_dir: Path) -> str:
     """Where a job keeps its files when it names no storage: ``.fanout/`` beside the job file."""
-    return (job_dir / ".fanout").as_uri()
+    return local_url(job_dir / ".fanout")
 
 
 def normalize_url(url: str, relative_to: Path) -> str:
     """A storage URL with a bare local path made absolute (relative to ``relative_to``)."""
     if "://" in url:
         return url.rstrip("/")
-    return (relative_to / os.path.expanduser(url)).resolve().as_uri()
+    return local_url((relative_to / os.path.expanduser(url)).resolve())
+
+
+def local_url(path: Path) -> str:
+    """The fsspec URL of a local path: ``file://`` and the path as it is (no percent-encoding,
+    which fsspec would not decode)."""
+    return f"file://{path}"
 
 
 class Storage:
     """The run's storage, rooted at one fsspec URL."""
 
-    def __init__(self, url: str) -> None:
-        try:
-            self.fs, self.root = fsspec.core.url_to_fs(url)
-        except (ImportError, ValueError) as exc:
-            raise StorageError(f"storage '{url}': {exc}") from None
-        self.url = url
-        self.root = self.root.rstrip("/")
+    def __init__(self, signer: Signer) -> None:
+        self.signer = signer
+        self.url = signer.url
+        self.fs, root = signer.filesystem()
+        self.root = root.rstrip("/")
         self._is_local = "file" in _protocols(self.fs)
 
     def path(self, *parts: str) -> str:
         """The storage path of ``parts`` joined under the root."""
         return "/".join((self.root, *parts))
 
-    def url_of(self, path: str) -> str:
-        """A URL for ``path`` that fsspec can open from anywhere (unsigned)."""
-        return str(self.fs.unstrip_protocol(path))
+    def read_url(self, path: str) -> str:
+        """A URL a node can read ``path`` from (signed, where the storage needs it)."""
+        return self.signer.read_url(self.fs, path)
+
+    def write_url(self, prefix: str) -> str:
+        """A URL prefix under which a node can create files, and do nothing else."""
+        return self.signer.write_url(self.fs, prefix)
 
     def check_reachable(self) -> None:
-        """Fail early, before anything is created, if the storage cannot be used."""
-        try:
-            self.fs.makedirs(self.root, exist_ok=True)
-            self.fs.ls(self.root)
-        except Exception as exc:
-            raise StorageError(f"cannot use storage {self.url}: {exc}") from None
+        """Fail early, before anything else is created, if the storage cannot be used."""
+        self.signer.check(self.fs, self.root)
 
     def stage(
         self,
@@ -122,7 +125,7 @@ class Storage:
             digest = file_digest(source)
             target = f"{prefix}/{digest.md5}/{source.name}"
             if not self._holds(target, digest.size):
-                self._put(source, target)
+                self._put(source, target, digest)
             on_progress(digest.size)
             return StagedFile(source, target, digest)
 
@@ -131,14 +134,18 @@ class Storage:
             return {staged.source: staged for staged in pool.map(stage_one, unique)}
 
     def download(self, path: str, destination: Path) -> Digest:
-        """Copy ``path`` to ``destination`` atomically, checking its size; returns its digest."""
-        expected = self.fs.size(path)
+        """Copy ``path`` to ``destination`` atomically, checked against the stored size (and
+        md5, where the storage keeps one); returns its digest."""
+        info = self.fs.info(path)
+        stored_md5 = self.signer.stored_md5(info)
         with atomic_write(destination) as out, self.fs.open(path, "rb") as source:
             digest = copy_stream(source, out)
-            if digest.size != expected:
+            if digest.size != info["size"]:
                 raise StorageError(
-                    f"download of {path} is incomplete: {digest.size} of {expected} bytes"
+                    f"download of {path} is incomplete: {digest.size} of {info['size']} bytes"
                 )
+            if stored_md5 is not None and digest.md5 != stored_md5:
+                raise StorageError(f"download of {path} is corrupt: its md5 does not match")
         return digest
 
     def find(self, prefix: str) -> list[str]:
@@ -184,12 +191,12 @@ class Storage:
             return False
         return bool(found == size)
 
-    def _put(self, source: Path, target: str) -> None:
+    def _put(self, source: Path, target: str, digest: Digest) -> None:
         if self._is_local:
             with atomic_write(Path(target)) as out, source.open("rb") as src:
                 copy_stream(src, out)
         else:
-            self.fs.put_file(str(source), target)
+            self.fs.put_file(str(source), target, **self.signer.upload_options(digest))
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

@@ -45,7 +45,7 @@ from fanout.backend import (
 )
 from fanout.errors import SetupError
 from fanout.hookspecs import hookimpl
-from fanout.transfer import TransferError, deliver, fetch, matching_files
+from fanout.transfer import TransferError, deliver, fetch, join_url, matching_files
 
 NODE_ID = "local-0"
 POOL_ID = "local"
@@ -277,7 +277,7 @@ class LocalBackend(Backend):
         try:
             for output in task.output_files:
                 for relative in matching_files(work_dir, output.pattern):
-                    deliver(work_dir / relative, f"{output.destination}/{relative}")
+                    deliver(work_dir / relative, join_url(output.destination, relative))
         except TransferError as exc:
             return code, str(exc)
         return code, None

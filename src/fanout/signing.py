@@ -1,0 +1,71 @@
+"""How a storage protocol is opened, and how nodes reach it without its credentials.
+
+A node never receives a storage credential: it receives URLs, each good for one thing — reading
+one staged file, or writing a task's outputs — until the run's time budget runs out. The default
+``Signer`` serves local files and any fsspec protocol no plugin claims: it opens the URL with
+fsspec's own defaults and hands out plain fsspec URLs, which a node on this machine can open.
+A plugin registers a subclass for its protocols through ``fanout_register_signers``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import fsspec
+
+from fanout.errors import StorageError
+
+if TYPE_CHECKING:
+    from fanout.storage import Digest
+
+
+class Signer:
+    """Opens one storage and signs URLs for nodes; one instance serves one run.
+
+    ``expires`` is when every URL it hands out must stop working.
+    """
+
+    protocols: ClassVar[tuple[str, ...]] = ()
+    """The URL protocols (``az``, ``abfs``, ...) this signer serves."""
+
+    def __init__(self, url: str, expires: datetime) -> None:
+        self.url = url
+        self.expires = expires
+
+    def filesystem(self) -> tuple[Any, str]:
+        """The fsspec filesystem and the root path within it."""
+        try:
+            fs, root = fsspec.core.url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:
+            raise StorageError(f"storage '{self.url}': {exc}") from None
+        return fs, root
+
+    def check(self, fs: Any, root: str) -> None:
+        """Fail with one clear ``StorageError`` if the storage cannot be used.
+
+        Called once, after every other check of the run and before anything else is created;
+        it may create the root itself.
+        """
+        try:
+            fs.makedirs(root, exist_ok=True)
+            fs.ls(root)
+        except Exception as exc:
+            raise StorageError(f"cannot use storage {self.url}: {exc}") from None
+
+    def read_url(self, fs: Any, path: str) -> str:
+        """A URL from which a node can read the file at ``path``, and nothing else."""
+        return str(fs.unstrip_protocol(path))
+
+    def write_url(self, fs: Any, prefix: str) -> str:
+        """A URL prefix under which a node can create files (``{url}/{name}`` before any
+        query string), and nothing else."""
+        return str(fs.unstrip_protocol(prefix))
+
+    def upload_options(self, digest: Digest) -> dict[str, Any]:
+        """Extra keyword arguments for ``fs.put_file`` of a file with this digest."""
+        return {}
+
+    def stored_md5(self, info: dict[str, Any]) -> str | None:
+        """The md5 the storage recorded for a file (from ``fs.info``), if it keeps one."""
+        return None
