@@ -15,6 +15,7 @@ from fanout.errors import ExitCode, FanoutError
 from fanout.plugins import backends, get_plugin_manager
 from fanout.prepare import RunOptions, prepare
 from fanout.progress import make_reporter, print_plan
+from fanout.redact import redact
 from fanout.scheduler import Interrupted, interruptible, run
 from fanout.spec import load_job, parse_duration
 
@@ -119,8 +120,8 @@ def _user_errors() -> Iterator[None]:
 
 
 def one_line(message: str) -> str:
-    """``message`` on one line: a value quoted in it may hold a newline."""
-    return message.replace("\r", "\\r").replace("\n", "\\n")
+    """``message`` on one line (a value quoted in it may hold a newline), without secrets."""
+    return redact(message).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from fanout.ledger import RECORD_NAME, Ledger, TaskRecord, new_run_id, now_iso
 from fanout.plan import Plan
 from fanout.prepare import DEFAULT_OUT, Prepared
 from fanout.progress import Reporter
+from fanout.redact import redact
 from fanout.storage import StagedFile, Storage
 
 COLLECT_CONCURRENCY = 8
@@ -221,7 +222,8 @@ class _Run:
                         continue
                     if update.state is TaskState.FAILED:
                         record.state = "failed"
-                        record.stderr_tail = self.backend.task_logs(record.id, STDERR_TAIL_LINES)
+                        stderr_tail = self.backend.task_logs(record.id, STDERR_TAIL_LINES)
+                        record.stderr_tail = redact(stderr_tail)
                         outstanding.discard(record.id)
                     self.reporter.task_changed(record)
                 for future in [f for f in collecting if f.done()]:
@@ -245,7 +247,7 @@ class _Run:
         except MissingOutput as exc:
             record.state, record.error = "failed", str(exc)
         except (OSError, StorageError) as exc:
-            record.state, record.error = "failed", f"cannot collect outputs: {exc}"
+            record.state, record.error = "failed", redact(f"cannot collect outputs: {exc}")
 
     def _outputs_path(self, *task_id: str) -> str:
         return "/".join((self.ledger.run_path, "outputs", *task_id))
@@ -253,7 +255,7 @@ class _Run:
     def _fail_unfinished(self, reason: str) -> None:
         for record in self.ledger.tasks.values():
             if record.state in ("pending", "running"):
-                record.state, record.error = "failed", f"not run: {reason}"
+                record.state, record.error = "failed", redact(f"not run: {reason}")
 
     def _any_failed(self) -> bool:
         return any(record.state == "failed" for record in self.ledger.tasks.values())
@@ -275,7 +277,7 @@ def _apply(record: TaskRecord, update: TaskUpdate) -> None:
     record.attempts = update.attempts or record.attempts
     record.node = update.node or record.node
     record.exit_code = update.exit_code
-    record.error = update.error
+    record.error = None if update.error is None else redact(update.error)
     if update.started is not None and update.finished is not None:
         record.duration_s = round(update.finished - update.started, 3)
 

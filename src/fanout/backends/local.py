@@ -45,6 +45,7 @@ from fanout.backend import (
 )
 from fanout.errors import SetupError
 from fanout.hookspecs import hookimpl
+from fanout.redact import CREDENTIAL_VARIABLES
 from fanout.transfer import TransferError, deliver, fetch, join_url, matching_files
 
 NODE_ID = "local-0"
@@ -95,6 +96,9 @@ class LocalBackend(Backend):
         self._workers: list[threading.Thread] = []
         self._janitor = ThreadPoolExecutor(1, thread_name_prefix="janitor")
         self._pool_env: dict[str, str] = {}
+        self._machine_env = {
+            name: value for name, value in os.environ.items() if name not in CREDENTIAL_VARIABLES
+        }
 
     @property
     def shared_dir(self) -> Path:
@@ -283,10 +287,11 @@ class LocalBackend(Backend):
         return code, None
 
     def _environment(self, extra: dict[str, str]) -> dict[str, str]:
-        """This machine's environment plus the node environment every backend provides."""
+        """This machine's environment, less its credentials, plus the node environment every
+        backend provides."""
         shared = str(self.shared_dir)
         return {
-            **os.environ,
+            **self._machine_env,
             **self._pool_env,
             "FANOUT_JOB_ID": self.context.job_id,
             "FANOUT_NODE_ID": NODE_ID,

@@ -1,0 +1,1 @@
+"""Azure for fanout: Azure Blob Storage (``az://``) with least-privilege SAS URLs."""

@@ -1,0 +1,158 @@
+"""``az://CONTAINER/prefix`` storage: adlfs for the client, SAS URLs for the nodes.
+
+Least privilege, as Azure Batch nodes need it: each app or input blob gets its own read-only
+blob SAS; a task's outputs get one container SAS that can create and write blobs but not read,
+list or delete them (flat-namespace accounts cannot scope a SAS to a prefix, so the container is
+the narrowest scope). Every SAS starts a few minutes in the past, for clock skew, and expires
+with the run's budget plus a margin. SAS URLs travel over HTTPS only; plain HTTP is allowed to a
+loopback host, where Azurite listens.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from adlfs import AzureBlobFileSystem
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ServiceRequestError,
+)
+from azure.storage.blob import (
+    BlobSasPermissions,
+    ContainerSasPermissions,
+    ContentSettings,
+    UserDelegationKey,
+    generate_blob_sas,
+    generate_container_sas,
+)
+
+from fanout.errors import StorageError
+from fanout.signing import Signer
+from fanout.storage import Digest
+from fanout_azure.credentials import BlobAccount, account_from_environment
+
+CLOCK_SKEW = timedelta(minutes=5)
+UPLOAD_CONCURRENCY = 8
+"""Blocks of one large file uploaded at once."""
+CHECK_TIMEOUT_S = 10
+
+
+class AzureBlobSigner(Signer):
+    """Azure Blob Storage through adlfs, with least-privilege SAS URLs for nodes."""
+
+    protocols = ("az", "abfs")
+
+    def __init__(self, url: str, expires: datetime) -> None:
+        super().__init__(url, expires)
+        self.account: BlobAccount = account_from_environment(os.environ)
+        location = url.split("://", 1)[1].strip("/")
+        self.container = location.split("/", 1)[0]
+        self._delegation_key: UserDelegationKey | None = None
+        self._lock = threading.Lock()
+
+    def filesystem(self) -> tuple[Any, str]:
+        fs = AzureBlobFileSystem(**self.account.fsspec_options())
+        return fs, self.url.split("://", 1)[1].strip("/")
+
+    def check(self, fs: Any, root: str) -> None:
+        self._refuse_plain_http()
+        service = self.account.service(
+            retry_total=1, connection_timeout=CHECK_TIMEOUT_S, read_timeout=CHECK_TIMEOUT_S
+        )
+        container = service.get_container_client(self.container)
+        try:
+            container.create_container()
+        except ResourceExistsError:
+            pass
+        except ClientAuthenticationError:
+            raise StorageError(
+                f"authentication failed for storage account {self.account.name}"
+            ) from None
+        except ServiceRequestError:
+            raise StorageError(f"cannot reach {self.account.endpoint}") from None
+        except HttpResponseError as exc:
+            if exc.status_code == 403:
+                raise StorageError(
+                    f"authentication failed for storage account {self.account.name}"
+                ) from None
+            raise StorageError(
+                f"storage account {self.account.name} refused container '{self.container}':"
+                f" {getattr(exc, 'error_code', None) or exc.status_code}"
+            ) from None
+
+    def read_url(self, fs: Any, path: str) -> str:
+        blob = self._blob_name(path)
+        sas = generate_blob_sas(
+            self.account.name,
+            self.container,
+            blob,
+            permission=BlobSasPermissions(read=True),
+            **self._signing(),
+        )
+        return f"{self.account.endpoint}/{self.container}/{quote(blob)}?{sas}"
+
+    def write_url(self, fs: Any, prefix: str) -> str:
+        sas = generate_container_sas(
+            self.account.name,
+            self.container,
+            permission=ContainerSasPermissions(create=True, write=True),
+            **self._signing(),
+        )
+        blob_prefix = quote(self._blob_name(prefix))
+        return f"{self.account.endpoint}/{self.container}/{blob_prefix}?{sas}"
+
+    def upload_options(self, digest: Digest) -> dict[str, Any]:
+        return {
+            "content_settings": ContentSettings(content_md5=bytearray.fromhex(digest.md5)),
+            "max_concurrency": UPLOAD_CONCURRENCY,
+        }
+
+    def stored_md5(self, info: dict[str, Any]) -> str | None:
+        settings = info.get("content_settings") or {}
+        md5 = settings.get("content_md5")
+        return bytes(md5).hex() if md5 else None
+
+    def _blob_name(self, path: str) -> str:
+        """A storage path (``container/a/b``) as a blob name within the container (``a/b``)."""
+        return path.strip("/").split("/", 1)[1]
+
+    def _signing(self) -> dict[str, Any]:
+        """The key and validity every SAS of this run shares."""
+        start = datetime.now(UTC) - CLOCK_SKEW
+        common: dict[str, Any] = {"start": start, "expiry": self.expires}
+        if urlsplit(self.account.endpoint).scheme == "https":
+            common["protocol"] = "https"
+        if self.account.key is not None:
+            return {**common, "account_key": self.account.key}
+        return {**common, "user_delegation_key": self._user_delegation_key(start)}
+
+    def _user_delegation_key(self, start: datetime) -> UserDelegationKey:
+        with self._lock:
+            if self._delegation_key is None:
+                service = self.account.service()
+                self._delegation_key = service.get_user_delegation_key(start, self.expires)
+            return self._delegation_key
+
+    def _refuse_plain_http(self) -> None:
+        parts = urlsplit(self.account.endpoint)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            raise StorageError(
+                f"refusing to hand out SAS URLs over plain http to {parts.hostname}: use https"
+                " (plain http is only for an emulator on this machine)"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,14 @@
+"""The hooks through which fanout finds this plugin (entry-point group ``fanout``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import fanout
+from fanout.signing import Signer
+from fanout_azure.blob_signer import AzureBlobSigner
+
+
+@fanout.hookimpl
+def fanout_register_signers(register: Callable[[type[Signer]], None]) -> None:
+    register(AzureBlobSigner)
