@@ -52,7 +52,10 @@ class OutputFile:
     """Files matching ``pattern`` in the working directory, uploaded under ``destination``.
 
     Each match keeps its path relative to the working directory: ``pattern = "out/*.txt"`` and
-    a file ``out/a.txt`` give ``{destination}/out/a.txt``.
+    a file ``out/a.txt`` go to ``fanout.transfer.join_url(destination, "out/a.txt")`` — the
+    destination may be a signed URL whose query string must stay at the end. The node-side
+    helpers ``fetch``, ``deliver``, ``matching_files`` and ``join_url`` are in
+    ``fanout.transfer``.
     """
 
     pattern: str

@@ -129,6 +129,9 @@ def main() -> None:
     try:
         get_plugin_manager().hook.fanout_register_commands(cli=cli)
     except FanoutError as exc:
-        click.echo(f"fanout: error: {exc}", err=True)
+        click.echo(f"fanout: error: {one_line(str(exc))}", err=True)
+        sys.exit(ExitCode.USAGE_ERROR)
+    except Exception as exc:  # a broken plugin must not show as a traceback
+        click.echo(f"fanout: error: a plugin failed to add its commands: {exc}", err=True)
         sys.exit(ExitCode.USAGE_ERROR)
     cli()

@@ -6,6 +6,10 @@ group ``fanout``::
 
     [project.entry-points.fanout]
     mybackend = "fanout_mybackend.plugin"
+
+The ``register`` hooks are called once per plugin, so that what a plugin registers is credited
+to its distribution (``fanout backends`` shows it): implement them as plain functions taking
+``register``; pluggy's wrapper and ordering options do not apply to them.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -13,6 +17,7 @@ from fanout.errors import PluginError
 from fanout.signing import Signer
 
 ENTRY_POINT_GROUP = "fanout"
+_BACKEND_NAME = re.compile(r"[a-z][a-z0-9-]*")
 
 
 @dataclass(frozen=True)
@@ -48,8 +53,7 @@ def backends(manager: pluggy.PluginManager | None = None) -> dict[str, BackendEn
         def register(
             cls: type[Backend], distribution: str = distribution, version: str = version
         ) -> None:
-            if not (isinstance(cls, type) and issubclass(cls, Backend)):
-                raise PluginError(f"plugin {distribution} registered {cls!r}, not a Backend")
+            _check_backend_class(cls, distribution)
             if cls.name in found:
                 raise PluginError(
                     f"backend '{cls.name}' is registered by both"
@@ -57,8 +61,37 @@ def backends(manager: pluggy.PluginManager | None = None) -> dict[str, BackendEn
                 )
             found[cls.name] = BackendEntry(cls, distribution, version)
 
-        impl.function(register=register)
+        with _plugin_errors(distribution, "register its backends"):
+            impl.function(register=register)
     return dict(sorted(found.items()))
+
+
+def _check_backend_class(cls: object, distribution: str) -> None:
+    """Refuse at registration what would otherwise fail in the middle of a run."""
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise PluginError(f"plugin {distribution} registered {cls!r}, not a Backend")
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not _BACKEND_NAME.fullmatch(name):
+        raise PluginError(
+            f"plugin {distribution} registered {cls.__qualname__} without a valid name"
+            " (lower-case letters, digits and '-', starting with a letter)"
+        )
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise PluginError(
+            f"plugin {distribution}: backend {cls.__qualname__} does not implement {missing}"
+        )
+
+
+@contextmanager
+def _plugin_errors(plugin: str, doing: str) -> Iterator[None]:
+    """A plugin that fails inside a hook is reported in one line, not as a traceback."""
+    try:
+        yield
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {plugin} failed to {doing}: {exc}") from exc
 
 
 def get_backend(name: str, manager: pluggy.PluginManager | None = None) -> type[Backend]:
@@ -77,15 +110,22 @@ def signers(manager: pluggy.PluginManager | None = None) -> dict[str, type[Signe
     manager = manager or get_plugin_manager()
     found: dict[str, type[Signer]] = {}
 
-    def register(cls: type[Signer]) -> None:
-        if not (isinstance(cls, type) and issubclass(cls, Signer)):
-            raise PluginError(f"a plugin registered {cls!r} as a signer, not a Signer")
-        for protocol in cls.protocols:
-            if protocol in found and found[protocol] is not cls:
-                raise PluginError(f"storage protocol '{protocol}' has two signers")
-            found[protocol] = cls
+    for impl in manager.hook.fanout_register_signers.get_hookimpls():
+        distribution, _ = _distribution_of(manager, impl.plugin)
 
-    manager.hook.fanout_register_signers(register=register)
+        def register(cls: type[Signer], distribution: str = distribution) -> None:
+            if not (isinstance(cls, type) and issubclass(cls, Signer)):
+                raise PluginError(f"plugin {distribution} registered {cls!r}, not a Signer")
+            for protocol in cls.protocols:
+                if protocol in found and found[protocol] is not cls:
+                    raise PluginError(
+                        f"storage protocol '{protocol}' is served by both"
+                        f" {found[protocol].__qualname__} and {cls.__qualname__} ({distribution})"
+                    )
+                found[protocol] = cls
+
+        with _plugin_errors(distribution, "register its signers"):
+            impl.function(register=register)
     return found
 
 

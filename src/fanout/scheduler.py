@@ -63,9 +63,11 @@ def run(prepared: Prepared, reporter: Reporter) -> Outcome:
     lifetime = section.job.budget + section.storage.expiry_margin
     expires = datetime.now(UTC) + timedelta(seconds=lifetime)
     storage = Storage(prepared.signer_cls(prepared.storage_url, expires))
-    if prepared.options.resume is None:
+    resuming = prepared.options.resume is not None
+    if resuming:  # reading the ledger needs the storage
+        storage.check_reachable()
+    else:
         _check_out_dir(_new_out_dir(prepared))
-    storage.check_reachable()
     ledger = open_ledger(prepared, storage)
     context = RunContext(
         run_id=ledger.run_id,
@@ -74,6 +76,8 @@ def run(prepared: Prepared, reporter: Reporter) -> Outcome:
     )
     backend = prepared.backend_cls(prepared.settings, context)
     backend.preflight()
+    if not resuming:
+        storage.check_reachable()  # may create the storage root: only once all else is checked
     return _Run(prepared, storage, ledger, backend, reporter).execute()
 
 
