@@ -5,13 +5,18 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint clean
 
+# Azurite, the Azure Storage emulator the tests start (tests/azurite.py), pinned in package.json
+# and package-lock.json and installed into node_modules/, not globally. --ignore-scripts: no
+# package needs its install script (the only one, protobufjs', prints a warning at most).
+AZURITE := node_modules/.installed
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
-$(VENV)/.test-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+$(VENV)/.test-installed: $(VENV)/.installed plugins/fanout-azure/pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' -e plugins/fanout-azure
 	touch $@
 
 demo: $(VENV)/.installed
@@ -22,8 +27,13 @@ lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+$(AZURITE): package.json $(wildcard package-lock.json)
+	if [ -f package-lock.json ]; then npm ci --ignore-scripts --no-audit --no-fund; \
+	else npm install --ignore-scripts --no-audit --no-fund; fi
+	touch $@
+
+test: lint $(AZURITE)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) fanout-out examples/*/.fanout
+	rm -rf $(VENV) node_modules fanout-out examples/*/.fanout

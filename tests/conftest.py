@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from azurite import Azurite, start_azurite
 
 REPO = Path(__file__).resolve().parents[1]
 TOPWORDS = REPO / "node_task" / "topwords.py"
@@ -84,3 +86,20 @@ def job_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def fanout() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run_fanout
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """A real Azurite blob service for the whole session (see tests/azurite.py)."""
+    with start_azurite(tmp_path_factory.mktemp("azurite")) as service:
+        yield service
+
+
+@pytest.fixture
+def azure_container(azurite: Azurite) -> Iterator[str]:
+    """The name of a fresh, empty container in ``azurite``, deleted after the test."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    with azurite.blob_service() as service:
+        service.create_container(name)
+        yield name
+        service.delete_container(name)

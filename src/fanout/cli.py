@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,9 @@ def cli() -> None:
 @click.option("--timeout", callback=_duration, help="Per-task wall clock, e.g. 90s or 10m.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; create and run nothing.")
 @click.option(
+    "-v", "--verbose", count=True, help="Log to stderr: -v what fanout does, -vv every request."
+)
+@click.option(
     "--resume",
     is_flag=False,
     flag_value="",
@@ -65,9 +69,11 @@ def run_command(
     retries: int | None,
     timeout: float | None,
     dry_run: bool,
+    verbose: int,
     resume: str | None,
 ) -> None:
     """Run JOB_FILE: one task per input, on the chosen backend."""
+    configure_logging(verbose)
     console = Console(stderr=False, highlight=False)
     options = RunOptions(
         backend=backend,
@@ -117,6 +123,27 @@ def _user_errors() -> Iterator[None]:
     except Interrupted as stop:
         click.echo("fanout: interrupted before the run started; nothing was created", err=True)
         sys.exit(stop.exit_code)
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure_logging(verbosity: int) -> None:
+    """Log to stderr: fanout's own steps at -v, everything (SDK requests too) at -vv; secrets
+    are removed from every line."""
+    if not verbosity:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if verbosity == 1:
+        root.setLevel(logging.WARNING)
+        logging.getLogger("fanout").setLevel(logging.INFO)
+    else:
+        root.setLevel(logging.DEBUG)
 
 
 def one_line(message: str) -> str:

@@ -7,6 +7,7 @@ tears down what its backend created, records where it stopped, and can be resume
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ from fanout.prepare import DEFAULT_OUT, Prepared
 from fanout.progress import Reporter
 from fanout.redact import redact
 from fanout.storage import StagedFile, Storage
+
+log = logging.getLogger(__name__)
 
 COLLECT_CONCURRENCY = 8
 POLL_TIMEOUT_S = 0.5
@@ -145,6 +148,7 @@ class _Run:
             staged = self._stage(pending)
             if pending:
                 provisioned = True  # a half-finished provision still needs a teardown
+                log.info("provisioning nodes on backend %s", self.backend.name)
                 self.backend.provision(self._pool_spec(staged))
                 self._submit(pending, staged)
                 self._monitor({record.id for record in pending})
@@ -168,6 +172,7 @@ class _Run:
 
     def _stage(self, pending: list[TaskRecord]) -> dict[Path, StagedFile]:
         files = [*self.prepared.plan.app_files, *(Path(r.input) for r in pending)]
+        log.info("staging %d files to %s", len(set(files)), self.storage.url)
         sizes = sum(path.stat().st_size for path in set(files))
         self.reporter.staging_started(len(set(files)), sizes)
         try:
@@ -210,6 +215,7 @@ class _Run:
                     timeout_s=self.section.timeout,
                 )
             )
+        log.info("submitting %d tasks to backend %s", len(specs), self.backend.name)
         self.backend.submit(specs)
         self.reporter.tasks_submitted(len(specs), self.ledger.tasks.values())
 
@@ -219,6 +225,7 @@ class _Run:
             while outstanding:
                 timeout = 0.05 if collecting else POLL_TIMEOUT_S
                 for update in self.backend.poll(timeout):
+                    log.debug("task %s: %s", update.task_id, update.state.value)
                     record = self.ledger.tasks[update.task_id]
                     _apply(record, update)
                     if update.state is TaskState.SUCCEEDED:
