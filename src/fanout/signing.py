@@ -10,6 +10,7 @@ A plugin registers a subclass for its protocols through ``fanout_register_signer
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import fsspec
@@ -62,9 +63,13 @@ class Signer:
         query string), and nothing else."""
         return str(fs.unstrip_protocol(prefix))
 
-    def upload_options(self, digest: Digest) -> dict[str, Any]:
-        """Extra keyword arguments for ``fs.put_file`` of a file with this digest."""
-        return {}
+    def upload(self, fs: Any, source: Path, target: str, digest: Digest) -> None:
+        """Upload the local file ``source`` (of this digest) to ``target``, whole or not at all.
+
+        Called from many threads at once. The default is fsspec's ``put_file``; a signer may
+        use its storage's own client where that is faster or records the md5.
+        """
+        fs.put_file(str(source), target)
 
     def stored_md5(self, info: dict[str, Any]) -> str | None:
         """The md5 the storage recorded for a file (from ``fs.info``), if it keeps one."""

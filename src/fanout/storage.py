@@ -121,10 +121,12 @@ class Storage:
         ``on_progress`` is called with the size of each file once it is in place.
         """
 
+        present = self._sizes_under(prefix)  # one listing, rather than a request per file
+
         def stage_one(source: Path) -> StagedFile:
             digest = file_digest(source)
             target = f"{prefix}/{digest.md5}/{source.name}"
-            if not self._holds(target, digest.size):
+            if present.get(target) != digest.size:
                 self._put(source, target, digest)
             on_progress(digest.size)
             return StagedFile(source, target, digest)
@@ -184,19 +186,19 @@ class Storage:
             if entry["type"] == "directory"
         )
 
-    def _holds(self, path: str, size: int) -> bool:
-        try:
-            found = os.path.getsize(path) if self._is_local else self.fs.size(path)
-        except FileNotFoundError:
-            return False
-        return bool(found == size)
+    def _sizes_under(self, prefix: str) -> dict[str, int]:
+        """The size of every file under ``prefix``, by path."""
+        if not self.fs.exists(prefix):
+            return {}
+        found = self.fs.find(prefix, detail=True)
+        return {path.rstrip("/"): int(info["size"]) for path, info in found.items()}
 
     def _put(self, source: Path, target: str, digest: Digest) -> None:
         if self._is_local:
             with atomic_write(Path(target)) as out, source.open("rb") as src:
                 copy_stream(src, out)
         else:
-            self.fs.put_file(str(source), target, **self.signer.upload_options(digest))
+            self.signer.upload(self.fs, source, target, digest)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:
