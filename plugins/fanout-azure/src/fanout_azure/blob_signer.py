@@ -6,6 +6,9 @@ list or delete them (flat-namespace accounts cannot scope a SAS to a prefix, so 
 the narrowest scope). Every SAS starts a few minutes in the past, for clock skew, and expires
 with the run's budget plus a margin. SAS URLs travel over HTTPS only; plain HTTP is allowed to a
 loopback host, where Azurite listens.
+
+The Azure SDKs are imported where they are used: they take a third of a second to import, which
+every fanout command would pay, since plugins load at start-up.
 """
 
 from __future__ import annotations
@@ -15,30 +18,16 @@ import os
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
-
-from adlfs import AzureBlobFileSystem
-from azure.core.exceptions import (
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ServiceRequestError,
-)
-from azure.storage.blob import (
-    BlobSasPermissions,
-    ContainerClient,
-    ContainerSasPermissions,
-    ContentSettings,
-    UserDelegationKey,
-    generate_blob_sas,
-    generate_container_sas,
-)
 
 from fanout.errors import StorageError
 from fanout.signing import Signer
 from fanout.storage import Digest
 from fanout_azure.credentials import BlobAccount, account_from_environment
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient, UserDelegationKey
 
 CLOCK_SKEW = timedelta(minutes=5)
 UPLOAD_CONCURRENCY = 8
@@ -61,10 +50,19 @@ class AzureBlobSigner(Signer):
         self._lock = threading.Lock()
 
     def filesystem(self) -> tuple[Any, str]:
+        from adlfs import AzureBlobFileSystem
+
         fs = AzureBlobFileSystem(**self.account.fsspec_options())
         return fs, self.url.split("://", 1)[1].strip("/")
 
     def check(self, fs: Any, root: str) -> None:
+        from azure.core.exceptions import (
+            ClientAuthenticationError,
+            HttpResponseError,
+            ResourceExistsError,
+            ServiceRequestError,
+        )
+
         self._refuse_plain_http()
         service = self.account.service(
             retry_total=1, connection_timeout=CHECK_TIMEOUT_S, read_timeout=CHECK_TIMEOUT_S
@@ -91,6 +89,8 @@ class AzureBlobSigner(Signer):
             ) from None
 
     def read_url(self, fs: Any, path: str) -> str:
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
         blob = self._blob_name(path)
         sas = generate_blob_sas(
             self.account.name,
@@ -102,6 +102,8 @@ class AzureBlobSigner(Signer):
         return f"{self.account.endpoint}/{self.container}/{quote(blob)}?{sas}"
 
     def write_url(self, fs: Any, prefix: str) -> str:
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
         sas = generate_container_sas(
             self.account.name,
             self.container,
@@ -114,6 +116,8 @@ class AzureBlobSigner(Signer):
     def upload(self, fs: Any, source: Path, target: str, digest: Digest) -> None:
         """Through the SDK's own client: blocks in parallel for a big file, the md5 recorded
         as the blob's Content-MD5 so that every download can be checked against it."""
+        from azure.storage.blob import ContentSettings
+
         blob = self._container_client().get_blob_client(self._blob_name(target))
         md5 = ContentSettings(content_md5=bytearray.fromhex(digest.md5))
         with source.open("rb") as data:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from azure.core.credentials import TokenCredential
-from azure.storage.blob import BlobServiceClient
+from typing import TYPE_CHECKING, Any
 
 from fanout.errors import StorageError
 from fanout.redact import register_secret
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.storage.blob import BlobServiceClient
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class BlobAccount:
         return self.token_credential
 
     def service(self, **options: Any) -> BlobServiceClient:
+        from azure.storage.blob import BlobServiceClient
+
         return BlobServiceClient(self.endpoint, credential=self.credential(), **options)
 
     def fsspec_options(self) -> dict[str, Any]:
@@ -66,6 +69,8 @@ class BlobAccount:
 def account_from_environment(environ: Mapping[str, str]) -> BlobAccount:
     """The account the environment names, with its credential; secrets are registered for
     redaction before anything can print them."""
+    from azure.storage.blob import BlobServiceClient
+
     connection_string = environ.get("AZURE_STORAGE_CONNECTION_STRING")
     if connection_string:
         register_secret(connection_string)
