@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from azurite import Azurite, start_azurite
+from batch_emulator import Running, running_emulator
 
 REPO = Path(__file__).resolve().parents[1]
 TOPWORDS = REPO / "node_task" / "topwords.py"
@@ -103,3 +104,10 @@ def azure_container(azurite: Azurite) -> Iterator[str]:
         service.create_container(name)
         yield name
         service.delete_container(name)
+
+
+@pytest.fixture
+def batch(tmp_path: Path) -> Iterator[Running]:
+    """A Batch emulator for one test (see tests/batch_emulator.py)."""
+    with running_emulator(tmp_path) as running:
+        yield running

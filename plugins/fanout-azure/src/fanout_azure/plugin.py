@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import click
+
 import fanout
 from fanout.signing import Signer
 from fanout_azure.blob_signer import AzureBlobSigner
@@ -12,3 +14,10 @@ from fanout_azure.blob_signer import AzureBlobSigner
 @fanout.hookimpl
 def fanout_register_signers(register: Callable[[type[Signer]], None]) -> None:
     register(AzureBlobSigner)
+
+
+@fanout.hookimpl
+def fanout_register_commands(cli: click.Group) -> None:
+    from fanout_azure.emulator.command import batch_emulator
+
+    cli.add_command(batch_emulator)

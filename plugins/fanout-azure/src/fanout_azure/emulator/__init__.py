@@ -1,0 +1,1 @@
+"""The Azure Batch emulator: a local server the official azure-batch SDK talks to."""

@@ -1,0 +1,542 @@
+"""The emulated Batch account: what each operation does, and the scheduler that runs tasks.
+
+One lock guards the account's state; attempts run on threads of their own (real processes, see
+``runtime``), and a dispatcher thread places active tasks on free slots, ends jobs whose time
+is up, and completes jobs whose tasks are all done when they ask for it. Every state change the
+service documents is kept: a deleted pool or job stays ``deleting`` until its tasks are
+stopped, which is what the SDK's delete pollers wait for.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from fanout_azure.emulator.errors import BatchError, exists, not_found
+from fanout_azure.emulator.model import Job, Node, Pool, Task, node_id, now
+from fanout_azure.emulator.runtime import (
+    AttemptResult,
+    NodePaths,
+    parse_duration,
+    run_start_task,
+    run_task,
+    should_retry,
+)
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+DISPATCH_INTERVAL_S = 0.2
+TERMINATED_BY_USER = {
+    "category": "usererror",
+    "code": "TaskEnded",
+    "message": "Task Was Ended by User Request",
+}
+TERMINATED_WITH_JOB = {
+    "category": "usererror",
+    "code": "TaskEnded",
+    "message": "Task Was Ended because its Job was terminated",
+}
+
+
+def check_id(kind: str, value: object) -> str:
+    """An id as the service accepts it: up to 64 letters, digits, hyphens and underscores."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise BatchError(
+            400,
+            "InvalidPropertyValue",
+            "The value provided for one of the properties in the request body is invalid.",
+            {"PropertyName": "id", "PropertyValue": str(value), "Reason": f"Invalid {kind} id"},
+        )
+    return value
+
+
+class Account:
+    """A Batch account on this machine: pools of directory-tree nodes running real processes."""
+
+    def __init__(self, name: str, base_url: str, root: Path) -> None:
+        self.name = name
+        self.base_url = base_url
+        self.root = root
+        self.pools: dict[str, Pool] = {}
+        self.jobs: dict[str, Job] = {}
+        self._pending: dict[str, deque[Task]] = {}
+        """Active tasks waiting for a slot, by case-folded job id, in order."""
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_loop, name="dispatch", daemon=True
+        )
+        self._dispatcher.start()
+
+    # ---------------------------------------------------------------- pools
+
+    def create_pool(self, spec: dict[str, Any], auto_pool_of: str | None = None) -> Pool:
+        pool_id = check_id("pool", spec.get("id"))
+        with self._lock:
+            if pool_id.casefold() in self.pools:
+                raise exists("pool", pool_id)
+            pool = Pool(
+                id=pool_id,
+                spec=spec,
+                root=self.root / "pools" / uuid.uuid4().hex[:12],
+                target_dedicated=int(spec.get("targetDedicatedNodes", 0)),
+                target_spot=int(spec.get("targetLowPriorityNodes", 0)),
+                auto_pool_of=auto_pool_of,
+            )
+            self.pools[pool_id.casefold()] = pool
+        self._spawn(self._allocate, pool)
+        return pool
+
+    def pool(self, pool_id: str) -> Pool:
+        with self._lock:
+            pool = self.pools.get(pool_id.casefold())
+            if pool is None:
+                raise not_found("pool", pool_id)
+            return pool
+
+    def resize_pool(self, pool_id: str, spec: dict[str, Any]) -> None:
+        with self._lock:
+            pool = self.pool(pool_id)
+            if pool.state == "deleting":
+                raise BatchError(
+                    409,
+                    "PoolBeingDeleted",
+                    "The specified pool has been marked for deletion and is being reclaimed.",
+                )
+            if pool.allocation_state != "steady":
+                raise BatchError(
+                    409, "PoolNotSteady", "The specified pool is not in a steady state."
+                )
+            pool.target_dedicated = int(spec.get("targetDedicatedNodes", pool.target_dedicated))
+            pool.target_spot = int(spec.get("targetLowPriorityNodes", pool.target_spot))
+            pool.allocation_state, pool.allocation_changed = "resizing", now()
+            pool.touch()
+        self._spawn(self._allocate, pool)
+
+    def delete_pool(self, pool_id: str) -> None:
+        with self._lock:
+            pool = self.pool(pool_id)
+            if pool.state == "deleting":
+                raise BatchError(
+                    409,
+                    "PoolBeingDeleted",
+                    "The specified pool has been marked for deletion and is being reclaimed.",
+                )
+            pool.state, pool.state_changed = "deleting", now()
+            pool.touch()
+        self._spawn(self._remove_pool, pool)
+
+    def node(self, pool_id: str, node: str) -> Node:
+        with self._lock:
+            for candidate in self.pool(pool_id).nodes:
+                if candidate.id == node:
+                    return candidate
+            raise not_found("node", node)
+
+    def _allocate(self, pool: Pool) -> None:
+        """Bring the pool to its target size; new nodes run the start task, then take tasks."""
+        new_nodes: list[Node] = []
+        with self._lock:
+            for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_spot)):
+                current = [node for node in pool.nodes if node.dedicated == dedicated]
+                for _ in range(target - len(current)):
+                    number = pool.created_nodes
+                    pool.created_nodes += 1
+                    node = Node(
+                        id=node_id(pool.id, number, dedicated),
+                        pool_id=pool.id,
+                        dedicated=dedicated,
+                        paths=NodePaths(pool.root / f"node-{number}"),
+                        vm_size=pool.spec.get("vmSize", "standard_d1_v2"),
+                        image=pool.spec.get("virtualMachineConfiguration", {}).get(
+                            "imageReference", {}
+                        ),
+                        slots=pool.slots_per_node,
+                        address=f"10.0.{number // 250}.{number % 250 + 4}",
+                        start_task=pool.spec.get("startTask"),
+                    )
+                    pool.nodes.append(node)
+                    new_nodes.append(node)
+                for node in [n for n in current if n.running_slots == 0][
+                    : max(0, len(current) - target)
+                ]:
+                    node.cancel.set()
+                    pool.nodes.remove(node)
+            pool.allocation_state, pool.allocation_changed = "steady", now()
+            pool.touch()
+        for node in new_nodes:
+            self._spawn(self._boot, node)
+
+    def _boot(self, node: Node) -> None:
+        start_task = node.start_task
+        if start_task is None:
+            with self._lock:
+                node.set_state("idle")
+            self._wake.set()
+            return
+        wait = start_task.get("waitForSuccess", True)
+        retries_left = int(start_task.get("maxTaskRetryCount", 0))
+        with self._lock:
+            node.set_state("waitingforstarttask" if wait else "idle")
+            node.start_task_info = {"state": "running", "startTime": now(), "retryCount": 0}
+        self._wake.set()
+        retries = 0
+        while True:
+            result = run_start_task(self._identity(node), node.paths, start_task, node.cancel)
+            done = result.result == "success" or not should_retry(result)
+            if done or node.cancel.is_set() or retries_left == 0:
+                break
+            retries_left -= 1
+            retries += 1
+        with self._lock:
+            node.start_task_info = {
+                "state": "completed",
+                **_execution(result),
+                "retryCount": retries,
+            }
+            if result.result != "success" and wait:
+                node.set_state("starttaskfailed")
+            elif node.state == "waitingforstarttask":
+                node.set_state("idle")
+        self._wake.set()
+
+    def _remove_pool(self, pool: Pool) -> None:
+        with self._lock:
+            for node in pool.nodes:
+                node.cancel.set()
+            self._requeue_tasks_on(pool)
+        self._wait_until_idle(pool)
+        shutil.rmtree(pool.root, ignore_errors=True)
+        with self._lock:
+            self.pools.pop(pool.id.casefold(), None)
+
+    def _requeue_tasks_on(self, pool: Pool) -> None:
+        for job in self.jobs.values():
+            for task in job.tasks.values():
+                if task.node is not None and task.node.pool_id == pool.id:
+                    task.cancel.set()
+
+    def _wait_until_idle(self, pool: Pool) -> None:
+        while True:
+            with self._lock:
+                if all(node.running_slots == 0 for node in pool.nodes):
+                    return
+            time.sleep(0.05)
+
+    # ----------------------------------------------------------------- jobs
+
+    def create_job(self, spec: dict[str, Any]) -> Job:
+        job_id = check_id("job", spec.get("id"))
+        pool_info = spec.get("poolInfo", {})
+        with self._lock:
+            if job_id.casefold() in self.jobs:
+                raise exists("job", job_id)
+            job = Job(id=job_id, spec=spec)
+            max_wall_clock = spec.get("constraints", {}).get("maxWallClockTime")
+            if max_wall_clock:
+                job.deadline = time.monotonic() + parse_duration(max_wall_clock)
+            auto = pool_info.get("autoPoolSpecification")
+            if auto is not None:
+                prefix = auto.get("autoPoolIdPrefix", "")
+                pool_spec = {**auto.get("pool", {}), "id": f"{prefix}{uuid.uuid4()}"[:64]}
+                pool = self.create_pool(pool_spec, auto_pool_of=job_id)
+                job.pool_id = pool.id
+            else:
+                job.pool_id = pool_info.get("poolId", "")
+            self.jobs[job_id.casefold()] = job
+            self._pending[job_id.casefold()] = deque()
+        return job
+
+    def job(self, job_id: str) -> Job:
+        with self._lock:
+            job = self.jobs.get(job_id.casefold())
+            if job is None:
+                raise not_found("job", job_id)
+            return job
+
+    def terminate_job(self, job_id: str, reason: str = "UserTerminate") -> None:
+        with self._lock:
+            job = self.job(job_id)
+            if job.state in ("completed", "terminating", "deleting"):
+                raise BatchError(
+                    409,
+                    "JobCompleted" if job.state == "completed" else "JobBeingTerminated",
+                    f"The specified job is already in a {job.state} state.",
+                )
+            self._terminate(job, reason)
+
+    def delete_job(self, job_id: str) -> None:
+        with self._lock:
+            job = self.job(job_id)
+            if job.state == "deleting":
+                raise BatchError(
+                    409,
+                    "JobBeingDeleted",
+                    "The specified job has been marked for deletion and is being"
+                    " garbage collected.",
+                )
+            job.set_state("deleting")
+            for task in job.tasks.values():
+                task.cancel.set()
+        self._spawn(self._remove_job, job)
+
+    def _terminate(self, job: Job, reason: str) -> None:
+        """Stop the job's running tasks; it completes once they are gone. Lock held."""
+        job.set_state("terminating")
+        job.execution["terminateReason"] = reason
+        self._pending[job.id.casefold()].clear()
+        for task in job.tasks.values():
+            if task.state == "running":
+                task.cancel.set()
+        self._spawn(self._finish_termination, job)
+
+    def _finish_termination(self, job: Job) -> None:
+        while True:
+            with self._lock:
+                if not any(task.state == "running" for task in job.tasks.values()):
+                    job.set_state("completed")
+                    job.execution["endTime"] = now()
+                    self._release_auto_pool(job)
+                    return
+            time.sleep(0.05)
+
+    def _remove_job(self, job: Job) -> None:
+        while True:
+            with self._lock:
+                if not any(task.state == "running" for task in job.tasks.values()):
+                    self.jobs.pop(job.id.casefold(), None)
+                    self._pending.pop(job.id.casefold(), None)
+                    self._release_auto_pool(job)
+                    return
+            time.sleep(0.05)
+
+    def _release_auto_pool(self, job: Job) -> None:
+        """An auto-pool that lives as long as its job goes with it. Lock held."""
+        pool = self.pools.get(job.pool_id.casefold())
+        if pool is not None and pool.auto_pool_of == job.id and pool.state != "deleting":
+            pool.state, pool.state_changed = "deleting", now()
+            self._spawn(self._remove_pool, pool)
+
+    # ---------------------------------------------------------------- tasks
+
+    def add_tasks(self, job_id: str, specs: Iterable[dict[str, Any]]) -> list[Task | BatchError]:
+        """Add tasks; each gets its own answer, as ``addtaskcollection`` reports them."""
+        results: list[Task | BatchError] = []
+        with self._lock:
+            job = self.job(job_id)
+            if job.state != "active":
+                raise BatchError(
+                    409,
+                    "JobCompleted" if job.state == "completed" else "JobNotActive",
+                    "The specified job is not active.",
+                )
+            pending = self._pending[job.id.casefold()]
+            for spec in specs:
+                try:
+                    task_id = check_id("task", spec.get("id"))
+                    if task_id.casefold() in job.tasks:
+                        raise exists("task", task_id)
+                except BatchError as error:
+                    results.append(error)
+                    continue
+                task = Task(id=task_id, job_id=job.id, spec=spec)
+                job.tasks[task_id.casefold()] = task
+                pending.append(task)
+                results.append(task)
+            job.touch()
+        self._wake.set()
+        return results
+
+    def task(self, job_id: str, task_id: str) -> Task:
+        with self._lock:
+            task = self.job(job_id).tasks.get(task_id.casefold())
+            if task is None:
+                raise not_found("task", task_id)
+            return task
+
+    def terminate_task(self, job_id: str, task_id: str) -> None:
+        with self._lock:
+            job = self.job(job_id)
+            task = self.task(job_id, task_id)
+            if task.state == "completed":
+                return
+            if task.state == "active":
+                self._pending[job.id.casefold()].remove(task)
+                task.execution.update(
+                    result="failure", failureInfo=TERMINATED_BY_USER, endTime=now()
+                )
+                task.set_state("completed")
+                self._check_job_complete(job)
+            else:
+                task.execution["failureInfo"] = TERMINATED_BY_USER
+                task.cancel.set()
+
+    def task_counts(self, job_id: str) -> dict[str, Any]:
+        with self._lock:
+            tasks = list(self.job(job_id).tasks.values())
+        counts = {"active": 0, "running": 0, "completed": 0, "succeeded": 0, "failed": 0}
+        slots = dict(counts)
+        for task in tasks:
+            kind = {"active": "active", "preparing": "running", "running": "running"}.get(
+                task.state, "completed"
+            )
+            counts[kind] += 1
+            slots[kind] += task.required_slots
+            if kind == "completed":
+                outcome = "succeeded" if task.execution.get("result") == "success" else "failed"
+                counts[outcome] += 1
+                slots[outcome] += task.required_slots
+        return {"taskCounts": counts, "taskSlotCounts": slots}
+
+    # ----------------------------------------------------------- scheduling
+
+    def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(DISPATCH_INTERVAL_S)
+            self._wake.clear()
+            with self._lock:
+                self._end_overdue_jobs()
+                for job in list(self.jobs.values()):
+                    if job.state == "active":
+                        self._place(job)
+
+    def _end_overdue_jobs(self) -> None:
+        moment = time.monotonic()
+        for job in self.jobs.values():
+            if job.state == "active" and job.deadline is not None and moment >= job.deadline:
+                self._terminate(job, "MaxWallClockTimeExpiry")
+
+    def _place(self, job: Job) -> None:
+        """Start the job's waiting tasks on free slots of its pool, first come first served."""
+        pool = self.pools.get(job.pool_id.casefold())
+        pending = self._pending[job.id.casefold()]
+        if pool is None or pool.state != "active" or not pending:
+            return
+        pack = pool.spec.get("taskSchedulingPolicy", {}).get("nodeFillType", "spread") == "pack"
+        while pending:
+            task = pending[0]
+            nodes = [node for node in pool.nodes if node.free_slots() >= task.required_slots]
+            if not nodes:
+                return
+            node = nodes[0] if pack else max(nodes, key=Node.free_slots)
+            pending.popleft()
+            self._start(job, task, node)
+
+    def _start(self, job: Job, task: Task, node: Node) -> None:
+        task.node = task.last_node = node
+        task.cancel = threading.Event()
+        node.running_slots += task.required_slots
+        node.running_tasks += 1
+        node.set_state("running")
+        task.execution.pop("failureInfo", None)
+        task.execution.update(startTime=now())
+        task.set_state("running")
+        job_env = list(job.spec.get("commonEnvironmentSettings", []))
+        spec = {**task.spec, "constraints": job.task_constraints(task)}
+        self._spawn(self._attempt, job, task, node, spec, job_env)
+
+    def _attempt(
+        self, job: Job, task: Task, node: Node, spec: dict[str, Any], env: list[dict[str, Any]]
+    ) -> None:
+        result = run_task(self._identity(node), node.paths, job.id, spec, env, task.cancel)
+        with self._lock:
+            node.running_slots -= task.required_slots
+            node.running_tasks -= 1
+            node.total_tasks_run += 1
+            if node.running_slots == 0 and node.state == "running":
+                node.set_state("idle")
+            task.node = None
+            if task.cancel.is_set() and "failureInfo" not in task.execution:
+                if job.state == "active":  # its node went away: run it again elsewhere
+                    task.set_state("active")
+                    self._pending[job.id.casefold()].appendleft(task)
+                    self._wake.set()
+                    return
+                task.execution["failureInfo"] = TERMINATED_WITH_JOB
+            if task.cancel.is_set():
+                task.execution.update(result="failure", endTime=result.end_time)
+                task.set_state("completed")
+            elif should_retry(result) and self._may_retry(job, task):
+                task.retries += 1
+                task.execution["lastRetryTime"] = now()
+                task.set_state("active")
+                self._pending[job.id.casefold()].appendleft(task)
+                self._wake.set()
+                return
+            else:
+                task.execution.update(_execution(result))
+                if result.result == "success":
+                    node.total_tasks_succeeded += 1
+                task.set_state("completed")
+            self._check_job_complete(job)
+        self._wake.set()
+
+    def _may_retry(self, job: Job, task: Task) -> bool:
+        limit = int(job.task_constraints(task)["maxTaskRetryCount"])
+        return job.state == "active" and (limit == -1 or task.retries < limit)
+
+    def _check_job_complete(self, job: Job) -> None:
+        """``onAllTasksComplete=terminatejob``: end the job once every task is done. Lock held."""
+        if (
+            job.state != "active"
+            or job.spec.get("onAllTasksComplete", "noaction") != "terminatejob"
+        ):
+            return
+        if job.tasks and all(task.state == "completed" for task in job.tasks.values()):
+            self._terminate(job, "AllTasksComplete")
+
+    # -------------------------------------------------------------- helpers
+
+    def _identity(self, node: Node) -> Any:
+        return node.identity(self.name, self.base_url)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=self._run_tracked, args=(target, *args), daemon=True)
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _run_tracked(self, target: Any, *args: Any) -> None:
+        try:
+            target(*args)
+        finally:
+            with self._lock:
+                self._threads.discard(threading.current_thread())
+
+    def shutdown(self) -> None:
+        """Stop every process the emulator started and wait for its threads."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            for pool in self.pools.values():
+                for node in pool.nodes:
+                    node.cancel.set()
+            for job in self.jobs.values():
+                for task in job.tasks.values():
+                    task.cancel.set()
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout=10)
+        self._dispatcher.join(timeout=5)
+
+
+def _execution(result: AttemptResult) -> dict[str, Any]:
+    """An attempt's outcome in the service's executionInfo / startTaskInfo shape."""
+    info: dict[str, Any] = {
+        "startTime": result.start_time,
+        "endTime": result.end_time,
+        "result": result.result,
+    }
+    if result.exit_code is not None:
+        info["exitCode"] = result.exit_code
+    if result.failure_info is not None:
+        info["failureInfo"] = result.failure_info
+    return info

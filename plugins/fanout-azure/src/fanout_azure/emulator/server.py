@@ -1,0 +1,468 @@
+"""The HTTP face of the emulator: the Batch REST API (api-version 2025-06-01) over plain http.
+
+Every request is authenticated with SharedKey as the service does it, matched to an operation of
+the official description, and its body validated against that description before an operation
+runs; what the emulator does not implement gets a Batch-shaped error. Answers carry the headers
+the service sends (``request-id``, ``ETag``, ``Last-Modified``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+from fanout_azure.emulator import catalog
+from fanout_azure.emulator.account import Account
+from fanout_azure.emulator.auth import verify
+from fanout_azure.emulator.errors import (
+    BatchError,
+    authentication_failed,
+    invalid_request,
+    unsupported,
+)
+from fanout_azure.emulator.odata import parse_filter, select
+from fanout_azure.emulator.runtime import format_time
+from fanout_azure.emulator.spec import Operation, match, request_error
+
+API_VERSION = "2025-06-01"
+MAX_BODY_BYTES = 1024 * 1024
+MAX_TASKS_PER_COLLECTION = 100
+DEFAULT_PAGE_SIZE = 1000
+
+
+@dataclass
+class Reply:
+    """What an operation answers: status, JSON body (or bytes), extra headers."""
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] | None = None
+    raw: bytes | None = None
+
+
+@dataclass
+class Request:
+    operation: Operation
+    query: dict[str, list[str]]
+    body: Any
+    path: str
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+class BatchEmulator:
+    """The server and the account behind it."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        account: str,
+        key: str,
+        root: Path,
+        request_log: TextIO | None = None,
+        observer: Callable[[str, str, int, Any], None] | None = None,
+    ) -> None:
+        self.key = key
+        self.request_log = request_log
+        self.observer = observer
+        """Called with (operationId or "", path, status, JSON body) for every answer."""
+        self._log_lock = threading.Lock()
+        handler = _handler_for(self)
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self.endpoint = f"http://{host}:{self.httpd.server_address[1]}"
+        self.account = Account(account, self.endpoint, root)
+        self.operations: dict[str, Callable[[Request], Reply]] = _operations(self.account)
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="batch-emulator", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.account.shutdown()
+
+    def log(self, method: str, path: str, status: int) -> None:
+        if self.request_log is not None:
+            with self._log_lock:
+                self.request_log.write(f"{method} {path} {status}\n")
+                self.request_log.flush()
+
+
+def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "Microsoft-HTTPAPI/2.0"
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def do_PUT(self) -> None:
+            self._serve("PUT")
+
+        def do_PATCH(self) -> None:
+            self._serve("PATCH")
+
+        def do_DELETE(self) -> None:
+            self._serve("DELETE")
+
+        def do_HEAD(self) -> None:
+            self._serve("HEAD")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _serve(self, method: str) -> None:
+            parts = urlsplit(self.path)
+            query = parse_qs(parts.query, keep_blank_values=True)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw_body = self.rfile.read(length) if length else b""
+            self.operation_id = ""
+            self.request_id = str(uuid.uuid4())
+            try:
+                reply = self._answer(method, parts.path, query, raw_body)
+            except BatchError as error:
+                reply = Reply(error.status, error.body(self.request_id), error.headers)
+            self._send(method, reply)
+            emulator.log(method, parts.path, reply.status)
+            if emulator.observer is not None:
+                emulator.observer(self.operation_id, parts.path, reply.status, reply.body)
+
+        def _answer(
+            self, method: str, raw_path: str, query: dict[str, list[str]], raw_body: bytes
+        ) -> Reply:
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            problem = verify(method, raw_path, query, headers, emulator.account.name, emulator.key)
+            if problem is not None:
+                raise authentication_failed(problem)
+            operation = match(method, unquote(raw_path))
+            if operation is None or operation.operation_id not in emulator.operations:
+                raise unsupported(method, unquote(raw_path))
+            self.operation_id = operation.operation_id
+            if len(raw_body) > MAX_BODY_BYTES:
+                raise BatchError(
+                    413,
+                    "RequestBodyTooLarge",
+                    "The request body is too large and exceeds the maximum permissible limit.",
+                )
+            body: Any = None
+            if operation.body_schema is not None:
+                try:
+                    body = json.loads(raw_body or b"null")
+                except ValueError:
+                    body = raw_body
+                trouble = request_error(operation, body)
+                if trouble is not None:
+                    raise invalid_request(trouble)
+            return emulator.operations[operation.operation_id](
+                Request(operation, query, body, unquote(raw_path))
+            )
+
+        def _send(self, method: str, reply: Reply) -> None:
+            payload = reply.raw if reply.raw is not None else b""
+            if reply.raw is None and reply.body is not None:
+                payload = json.dumps(reply.body).encode("utf-8")
+            self.send_response(reply.status)
+            self.send_header("request-id", self.request_id)
+            self.send_header("Date", format_datetime(datetime.now(UTC), usegmt=True))
+            self.send_header("DataServiceVersion", "3.0")
+            client_request_id = self.headers.get("client-request-id")
+            if client_request_id and self.headers.get("return-client-request-id") == "true":
+                self.send_header("client-request-id", client_request_id)
+            if reply.raw is None and reply.body is not None:
+                self.send_header("Content-Type", "application/json; odata=minimalmetadata")
+            for name, value in (reply.headers or {}).items():
+                self.send_header(name, value)
+            if "Content-Length" not in (reply.headers or {}):
+                self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if method != "HEAD":
+                self.wfile.write(payload)
+
+    return Handler
+
+
+def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
+    """Each implemented operation of the description, by its operationId."""
+    base = account.base_url
+
+    def created(url: str, etag: str, modified: str) -> Reply:
+        return Reply(
+            201,
+            headers={
+                "ETag": etag,
+                "Last-Modified": _http_date(modified),
+                "Location": url,
+                "DataServiceId": url,
+            },
+        )
+
+    def entity(document: dict[str, Any], request: Request, etag: str, modified: str) -> Reply:
+        return Reply(
+            200,
+            select(document, request.param("$select")),
+            {"ETag": etag, "Last-Modified": _http_date(modified)},
+        )
+
+    def listing(documents: list[dict[str, Any]], request: Request) -> Reply:
+        text = request.param("$filter")
+        if text:
+            keep = parse_filter(text)
+            documents = [document for document in documents if keep(document)]
+        size = int(request.param("maxresults") or DEFAULT_PAGE_SIZE)
+        start = int(request.param("$skiptoken") or 0)
+        page = [
+            select(document, request.param("$select"))
+            for document in documents[start : start + size]
+        ]
+        body: dict[str, Any] = {"value": page}
+        if start + size < len(documents):
+            query = {k: v[0] for k, v in request.query.items() if k != "$skiptoken"}
+            query["$skiptoken"] = str(start + size)
+            body["odata.nextLink"] = f"{base}{request.path}?{urlencode(query)}"
+        return Reply(200, body)
+
+    def path(request: Request, name: str) -> str:
+        return request.operation.path_params[name]
+
+    # Pools
+    def create_pool(request: Request) -> Reply:
+        pool = account.create_pool(request.body)
+        return created(f"{base}/pools/{pool.id}", pool.etag, pool.modified)
+
+    def get_pool(request: Request) -> Reply:
+        pool = account.pool(path(request, "poolId"))
+        return entity(pool.to_json(base), request, pool.etag, pool.modified)
+
+    def pool_exists(request: Request) -> Reply:
+        account.pool(path(request, "poolId"))
+        return Reply(200)
+
+    def list_pools(request: Request) -> Reply:
+        with account._lock:
+            documents = [pool.to_json(base) for pool in account.pools.values()]
+        return listing(documents, request)
+
+    def delete_pool(request: Request) -> Reply:
+        account.delete_pool(path(request, "poolId"))
+        return Reply(202)
+
+    def resize_pool(request: Request) -> Reply:
+        account.resize_pool(path(request, "poolId"), request.body)
+        return Reply(202)
+
+    def list_nodes(request: Request) -> Reply:
+        pool = account.pool(path(request, "poolId"))
+        with account._lock:
+            documents = [node.to_json(base) for node in pool.nodes]
+        return listing(documents, request)
+
+    def get_node(request: Request) -> Reply:
+        node = account.node(path(request, "poolId"), path(request, "nodeId"))
+        return Reply(200, select(node.to_json(base), request.param("$select")))
+
+    def list_images(request: Request) -> Reply:
+        return listing(catalog.SUPPORTED_IMAGES, request)
+
+    # Jobs
+    def create_job(request: Request) -> Reply:
+        job = account.create_job(request.body)
+        return created(f"{base}/jobs/{job.id}", job.etag, job.modified)
+
+    def get_job(request: Request) -> Reply:
+        job = account.job(path(request, "jobId"))
+        return entity(job.to_json(base), request, job.etag, job.modified)
+
+    def list_jobs(request: Request) -> Reply:
+        with account._lock:
+            documents = [job.to_json(base) for job in account.jobs.values()]
+        return listing(documents, request)
+
+    def terminate_job(request: Request) -> Reply:
+        reason = (request.body or {}).get("terminateReason", "UserTerminate")
+        account.terminate_job(path(request, "jobId"), reason)
+        return Reply(202)
+
+    def delete_job(request: Request) -> Reply:
+        account.delete_job(path(request, "jobId"))
+        return Reply(202)
+
+    def task_counts(request: Request) -> Reply:
+        return Reply(200, account.task_counts(path(request, "jobId")))
+
+    # Tasks
+    def create_task(request: Request) -> Reply:
+        (outcome,) = account.add_tasks(path(request, "jobId"), [request.body])
+        if isinstance(outcome, BatchError):
+            raise outcome
+        return created(
+            f"{base}/jobs/{outcome.job_id}/tasks/{outcome.id}", outcome.etag, outcome.modified
+        )
+
+    def add_task_collection(request: Request) -> Reply:
+        specs = request.body.get("value", [])
+        if len(specs) > MAX_TASKS_PER_COLLECTION:
+            raise BatchError(
+                400,
+                "InvalidPropertyValue",
+                "The value provided for one of the properties in the request body is invalid.",
+                {
+                    "PropertyName": "value",
+                    "Reason": f"at most {MAX_TASKS_PER_COLLECTION} tasks per request",
+                },
+            )
+        results: list[dict[str, Any]] = []
+        for outcome in account.add_tasks(path(request, "jobId"), specs):
+            if isinstance(outcome, BatchError):
+                index = len(results)
+                results.append(
+                    {
+                        "status": "clienterror",
+                        "taskId": str(specs[index].get("id", "")),
+                        "error": outcome.body(),
+                    }
+                )
+            else:
+                results.append(
+                    {
+                        "status": "success",
+                        "taskId": outcome.id,
+                        "eTag": outcome.etag,
+                        "lastModified": outcome.modified,
+                        "location": f"{base}/jobs/{outcome.job_id}/tasks/{outcome.id}",
+                    }
+                )
+        return Reply(200, {"value": results})
+
+    def list_tasks(request: Request) -> Reply:
+        job = account.job(path(request, "jobId"))
+        with account._lock:
+            documents = [
+                task.to_json(base, job.task_constraints(task)) for task in job.tasks.values()
+            ]
+        return listing(documents, request)
+
+    def get_task(request: Request) -> Reply:
+        job = account.job(path(request, "jobId"))
+        task = account.task(job.id, path(request, "taskId"))
+        with account._lock:
+            document = task.to_json(base, job.task_constraints(task))
+        return entity(document, request, task.etag, task.modified)
+
+    def terminate_task(request: Request) -> Reply:
+        account.terminate_task(path(request, "jobId"), path(request, "taskId"))
+        return Reply(204)
+
+    def list_task_files(request: Request) -> Reply:
+        directory = _task_directory(account, request)
+        recursive = request.param("recursive") == "true"
+        files = []
+        if directory is not None and directory.exists():
+            entries = directory.rglob("*") if recursive else directory.iterdir()
+            for entry in sorted(entries):
+                name = entry.relative_to(directory).as_posix()
+                files.append(_file_entry(base, request.path, name, entry))
+        return listing(files, request)
+
+    def get_task_file(request: Request) -> Reply:
+        directory = _task_directory(account, request)
+        name = path(request, "filePath")
+        target = (directory / name) if directory is not None else None
+        if target is None or not target.is_file() or ".." in Path(name).parts:
+            raise BatchError(404, "FileNotFound", "The specified file does not exist.")
+        stat = target.stat()
+        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+        return Reply(
+            200,
+            raw=target.read_bytes(),
+            headers={
+                "Content-Type": mimetypes.guess_type(name)[0] or "application/octet-stream",
+                "ocp-creation-time": format_datetime(modified, usegmt=True),
+                "ocp-batch-file-isdirectory": "false",
+                "ocp-batch-file-url": f"{base}{request.path}",
+                "ocp-batch-file-mode": oct(stat.st_mode & 0o7777)[2:],
+                "Last-Modified": format_datetime(modified, usegmt=True),
+            },
+        )
+
+    return {
+        "Pools_CreatePool": create_pool,
+        "Pools_GetPool": get_pool,
+        "Pools_PoolExists": pool_exists,
+        "Pools_ListPools": list_pools,
+        "Pools_DeletePool": delete_pool,
+        "Pools_ResizePool": resize_pool,
+        "Nodes_ListNodes": list_nodes,
+        "Nodes_GetNode": get_node,
+        "Pools_ListSupportedImages": list_images,
+        "Jobs_CreateJob": create_job,
+        "Jobs_GetJob": get_job,
+        "Jobs_ListJobs": list_jobs,
+        "Jobs_TerminateJob": terminate_job,
+        "Jobs_DeleteJob": delete_job,
+        "Jobs_GetJobTaskCounts": task_counts,
+        "Tasks_CreateTask": create_task,
+        "Tasks_CreateTaskCollection": add_task_collection,
+        "Tasks_ListTasks": list_tasks,
+        "Tasks_GetTask": get_task,
+        "Tasks_TerminateTask": terminate_task,
+        "Tasks_ListTaskFiles": list_task_files,
+        "Tasks_GetTaskFile": get_task_file,
+        "Tasks_GetTaskFileProperties": get_task_file,
+    }
+
+
+def _task_directory(account: Account, request: Request) -> Path | None:
+    """Where the task's files are: its directory on the node it last ran on."""
+    params = request.operation.path_params
+    task = account.task(params["jobId"], params["taskId"])
+    node = task.node or task.last_node
+    if node is None:
+        return None
+    return node.paths.task_dir(task.job_id, task.id)
+
+
+def _file_entry(base: str, request_path: str, name: str, entry: Path) -> dict[str, Any]:
+    stat = entry.stat()
+    modified = format_time(datetime.fromtimestamp(stat.st_mtime, UTC))
+    document: dict[str, Any] = {
+        "name": name,
+        "url": f"{base}{request_path}/{name}",
+        "isDirectory": entry.is_dir(),
+    }
+    if entry.is_file():
+        document["properties"] = {
+            "creationTime": modified,
+            "lastModified": modified,
+            "contentLength": str(stat.st_size),
+            "contentType": mimetypes.guess_type(name)[0] or "application/octet-stream",
+            "fileMode": oct(stat.st_mode & 0o7777)[2:],
+        }
+    return document
+
+
+def _http_date(timestamp: str) -> str:
+    """An RFC 3339 time (``...T06:26:59.41364Z``) as an HTTP date."""
+    moment = datetime.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return format_datetime(moment, usegmt=True)
