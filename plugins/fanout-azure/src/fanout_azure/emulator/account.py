@@ -9,6 +9,7 @@ stopped, which is what the SDK's delete pollers wait for.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import threading
@@ -42,6 +43,13 @@ TERMINATED_WITH_JOB = {
     "code": "TaskEnded",
     "message": "Task Was Ended because its Job was terminated",
 }
+TERMINATED_WITH_NODE = {
+    "category": "usererror",
+    "code": "TaskEnded",
+    "message": "Task Was Ended because its Compute Node was removed from the Pool",
+}
+ENDING_DEALLOCATIONS = ("requeue", "terminate")
+"""``nodeDeallocationOption``s that end a leaving node's tasks at once (the others let them end)."""
 
 
 def check_id(kind: str, value: object) -> str:
@@ -119,7 +127,7 @@ class Account:
             pool.target_spot = int(spec.get("targetLowPriorityNodes", pool.target_spot))
             pool.allocation_state, pool.allocation_changed = "resizing", now()
             pool.touch()
-        self._spawn(self._allocate, pool)
+        self._spawn(self._allocate, pool, spec.get("nodeDeallocationOption", "requeue"))
 
     def delete_pool(self, pool_id: str) -> None:
         with self._lock:
@@ -141,53 +149,68 @@ class Account:
                     return candidate
             raise not_found("node", node)
 
-    def _allocate(self, pool: Pool) -> None:
-        """Bring the pool to its target size; new nodes run the start task, then take tasks."""
+    def _allocate(self, pool: Pool, deallocation: str = "requeue") -> None:
+        """Bring the pool to its target size; new nodes run the start task, then take tasks.
+        Nodes beyond the target leave as ``deallocation`` (``nodeDeallocationOption``) says,
+        idle ones first; the pool is steady again once they are gone."""
         new_nodes: list[Node] = []
+        leaving: list[Node] = []
         with self._lock:
             for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_spot)):
                 current = [node for node in pool.nodes if node.dedicated == dedicated]
-                for _ in range(target - len(current)):
-                    number = pool.created_nodes
-                    pool.created_nodes += 1
-                    node = Node(
-                        id=node_id(pool.id, number, dedicated),
-                        pool_id=pool.id,
-                        dedicated=dedicated,
-                        paths=NodePaths(pool.root / f"node-{number}"),
-                        vm_size=pool.spec.get("vmSize", "standard_d1_v2"),
-                        image=pool.spec.get("virtualMachineConfiguration", {}).get(
-                            "imageReference", {}
-                        ),
-                        slots=pool.slots_per_node,
-                        address=f"10.0.{number // 250}.{number % 250 + 4}",
-                        start_task=pool.spec.get("startTask"),
-                    )
-                    pool.nodes.append(node)
-                    new_nodes.append(node)
-                for node in [n for n in current if n.running_slots == 0][
-                    : max(0, len(current) - target)
-                ]:
-                    node.cancel.set()
-                    pool.nodes.remove(node)
-            pool.allocation_state, pool.allocation_changed = "steady", now()
-            pool.touch()
+                new_nodes += [self._add_node(pool, dedicated) for _ in range(target - len(current))]
+                leaving += self._leave(current, len(current) - target, deallocation)
         for node in new_nodes:
             self._spawn(self._boot, node)
+        self._wait_until_idle(leaving)
+        gone = {id(node) for node in leaving}
+        with self._lock:
+            pool.nodes[:] = [node for node in pool.nodes if id(node) not in gone]
+            pool.allocation_state, pool.allocation_changed = "steady", now()
+            pool.touch()
+
+    def _add_node(self, pool: Pool, dedicated: bool) -> Node:
+        """A new node of ``pool``, starting. Lock held."""
+        number = pool.created_nodes
+        pool.created_nodes += 1
+        node = Node(
+            id=node_id(pool.id, number, dedicated),
+            pool_id=pool.id,
+            dedicated=dedicated,
+            paths=NodePaths(pool.root / f"node-{number}"),
+            vm_size=pool.spec.get("vmSize", "standard_d1_v2"),
+            image=pool.spec.get("virtualMachineConfiguration", {}).get("imageReference", {}),
+            slots=pool.slots_per_node,
+            number=number,
+            start_task=pool.spec.get("startTask"),
+        )
+        pool.nodes.append(node)
+        return node
+
+    def _leave(self, nodes: list[Node], excess: int, deallocation: str) -> list[Node]:
+        """Take ``excess`` of ``nodes`` out of scheduling, idle ones first. Lock held."""
+        leaving = sorted(nodes, key=lambda node: node.running_slots > 0)[: max(0, excess)]
+        for node in leaving:
+            node.set_state("leavingpool")
+            node.cancel.set()
+        if deallocation in ENDING_DEALLOCATIONS:
+            failure = TERMINATED_WITH_NODE if deallocation == "terminate" else None
+            self._end_tasks_on(leaving, failure)
+        return leaving
 
     def _boot(self, node: Node) -> None:
+        """Run the start task, if any. A node that is leaving the pool keeps its state."""
         start_task = node.start_task
-        if start_task is None:
-            with self._lock:
-                node.set_state("idle")
-            self._wake.set()
-            return
-        wait = start_task.get("waitForSuccess", True)
-        retries_left = int(start_task.get("maxTaskRetryCount", 0))
+        wait = start_task is not None and start_task.get("waitForSuccess", True)
         with self._lock:
-            node.set_state("waitingforstarttask" if wait else "idle")
-            node.start_task_info = {"state": "running", "startTime": now(), "retryCount": 0}
+            if node.state == "starting":
+                node.set_state("waitingforstarttask" if wait else "idle")
+            if start_task is not None:
+                node.start_task_info = {"state": "running", "startTime": now(), "retryCount": 0}
         self._wake.set()
+        if start_task is None:
+            return
+        retries_left = int(start_task.get("maxTaskRetryCount", 0))
         retries = 0
         while True:
             result = run_start_task(self._identity(node), node.paths, start_task, node.cancel)
@@ -202,32 +225,37 @@ class Account:
                 **_execution(result),
                 "retryCount": retries,
             }
-            if result.result != "success" and wait:
-                node.set_state("starttaskfailed")
-            elif node.state == "waitingforstarttask":
-                node.set_state("idle")
+            if node.state == "waitingforstarttask":
+                node.set_state("idle" if result.result == "success" else "starttaskfailed")
         self._wake.set()
 
     def _remove_pool(self, pool: Pool) -> None:
+        """Requeue the pool's running tasks, as a resize to zero with ``requeue`` would."""
         with self._lock:
             for node in pool.nodes:
                 node.cancel.set()
-            self._requeue_tasks_on(pool)
-        self._wait_until_idle(pool)
+            self._end_tasks_on(pool.nodes, None)
+        self._wait_until_idle(pool.nodes)
         shutil.rmtree(pool.root, ignore_errors=True)
         with self._lock:
             self.pools.pop(pool.id.casefold(), None)
 
-    def _requeue_tasks_on(self, pool: Pool) -> None:
+    def _end_tasks_on(self, nodes: list[Node], failure: dict[str, str] | None) -> None:
+        """End the tasks running on ``nodes``: requeued, or completed with ``failure``. Lock
+        held."""
+        ending = {id(node) for node in nodes}
         for job in self.jobs.values():
             for task in job.tasks.values():
-                if task.node is not None and task.node.pool_id == pool.id:
+                if task.node is not None and id(task.node) in ending:
+                    if failure is not None:
+                        task.execution["failureInfo"] = failure
                     task.cancel.set()
 
-    def _wait_until_idle(self, pool: Pool) -> None:
+    def _wait_until_idle(self, nodes: list[Node]) -> None:
+        """Until no task runs on ``nodes`` (a live list may change meanwhile)."""
         while True:
             with self._lock:
-                if all(node.running_slots == 0 for node in pool.nodes):
+                if all(node.running_slots == 0 for node in nodes):
                     return
             time.sleep(0.05)
 
@@ -242,12 +270,13 @@ class Account:
             job = Job(id=job_id, spec=spec)
             max_wall_clock = spec.get("constraints", {}).get("maxWallClockTime")
             if max_wall_clock:
-                job.deadline = time.monotonic() + parse_duration(max_wall_clock)
+                job.deadline = time.monotonic() + _seconds(max_wall_clock, "maxWallClockTime")
             auto = pool_info.get("autoPoolSpecification")
             if auto is not None:
                 prefix = auto.get("autoPoolIdPrefix", "")
                 pool_spec = {**auto.get("pool", {}), "id": f"{prefix}{uuid.uuid4()}"[:64]}
-                pool = self.create_pool(pool_spec, auto_pool_of=job_id)
+                owner = None if auto.get("keepAlive", False) else job_id
+                pool = self.create_pool(pool_spec, auto_pool_of=owner)
                 job.pool_id = pool.id
             else:
                 job.pool_id = pool_info.get("poolId", "")
@@ -301,6 +330,8 @@ class Account:
     def _finish_termination(self, job: Job) -> None:
         while True:
             with self._lock:
+                if job.state != "terminating":  # deleted meanwhile: _remove_job ends it
+                    return
                 if not any(task.state == "running" for task in job.tasks.values()):
                     job.set_state("completed")
                     job.execution["endTime"] = now()
@@ -349,6 +380,7 @@ class Account:
                     continue
                 task = Task(id=task_id, job_id=job.id, spec=spec)
                 job.tasks[task_id.casefold()] = task
+                job.incomplete += 1
                 pending.append(task)
                 results.append(task)
             job.touch()
@@ -369,12 +401,12 @@ class Account:
             if task.state == "completed":
                 return
             if task.state == "active":
-                self._pending[job.id.casefold()].remove(task)
+                with contextlib.suppress(ValueError):  # not queued once its job was terminated
+                    self._pending[job.id.casefold()].remove(task)
                 task.execution.update(
                     result="failure", failureInfo=TERMINATED_BY_USER, endTime=now()
                 )
-                task.set_state("completed")
-                self._check_job_complete(job)
+                self._complete(job, task)
             else:
                 task.execution["failureInfo"] = TERMINATED_BY_USER
                 task.cancel.set()
@@ -403,6 +435,8 @@ class Account:
             self._wake.wait(DISPATCH_INTERVAL_S)
             self._wake.clear()
             with self._lock:
+                if self._stopping.is_set():  # shutdown ends tasks: start none after it
+                    return
                 self._end_overdue_jobs()
                 for job in list(self.jobs.values()):
                     if job.state == "active":
@@ -456,6 +490,7 @@ class Account:
             task.node = None
             if task.cancel.is_set() and "failureInfo" not in task.execution:
                 if job.state == "active":  # its node went away: run it again elsewhere
+                    task.requeues += 1
                     task.set_state("active")
                     self._pending[job.id.casefold()].appendleft(task)
                     self._wake.set()
@@ -463,7 +498,6 @@ class Account:
                 task.execution["failureInfo"] = TERMINATED_WITH_JOB
             if task.cancel.is_set():
                 task.execution.update(result="failure", endTime=result.end_time)
-                task.set_state("completed")
             elif should_retry(result) and self._may_retry(job, task):
                 task.retries += 1
                 task.execution["lastRetryTime"] = now()
@@ -475,22 +509,24 @@ class Account:
                 task.execution.update(_execution(result))
                 if result.result == "success":
                     node.total_tasks_succeeded += 1
-                task.set_state("completed")
-            self._check_job_complete(job)
+            self._complete(job, task)
         self._wake.set()
 
     def _may_retry(self, job: Job, task: Task) -> bool:
         limit = int(job.task_constraints(task)["maxTaskRetryCount"])
         return job.state == "active" and (limit == -1 or task.retries < limit)
 
-    def _check_job_complete(self, job: Job) -> None:
-        """``onAllTasksComplete=terminatejob``: end the job once every task is done. Lock held."""
+    def _complete(self, job: Job, task: Task) -> None:
+        """``task`` is done. ``onAllTasksComplete=terminatejob``: so is the job once every task
+        is. Lock held."""
+        task.set_state("completed")
+        job.incomplete -= 1
         if (
-            job.state != "active"
-            or job.spec.get("onAllTasksComplete", "noaction") != "terminatejob"
+            job.state == "active"
+            and job.spec.get("onAllTasksComplete", "noaction") == "terminatejob"
+            and job.tasks
+            and job.incomplete == 0
         ):
-            return
-        if job.tasks and all(task.state == "completed" for task in job.tasks.values()):
             self._terminate(job, "AllTasksComplete")
 
     # -------------------------------------------------------------- helpers
@@ -526,6 +562,19 @@ class Account:
         for thread in threads:
             thread.join(timeout=10)
         self._dispatcher.join(timeout=5)
+
+
+def _seconds(duration: str, name: str) -> float:
+    """An ISO 8601 duration of the request in seconds; 400 if the emulator cannot measure it."""
+    try:
+        return parse_duration(duration)
+    except ValueError:
+        raise BatchError(
+            400,
+            "InvalidPropertyValue",
+            "The value provided for one of the properties in the request body is invalid.",
+            {"PropertyName": name, "PropertyValue": duration, "Reason": "Unsupported duration"},
+        ) from None
 
 
 def _execution(result: AttemptResult) -> dict[str, Any]:

@@ -110,7 +110,8 @@ class Node:
     vm_size: str
     image: dict[str, Any]
     slots: int
-    address: str
+    number: int
+    """The node's place in its pool's allocation order: its address and SSH port follow."""
     state: str = "starting"
     state_changed: str = field(default_factory=now)
     allocated: str = field(default_factory=now)
@@ -138,6 +139,17 @@ class Node:
     def free_slots(self) -> int:
         return self.slots - self.running_slots if self.state in ("idle", "running") else 0
 
+    def _ssh_endpoint(self) -> dict[str, Any]:
+        """The SSH rule every Linux node has; nothing listens behind it here."""
+        return {
+            "name": "SSHRule.0",
+            "protocol": "tcp",
+            "publicIPAddress": "127.0.0.1",
+            "publicFQDN": "localhost",
+            "frontendPort": 50000 + self.number,
+            "backendPort": 22,
+        }
+
     def to_json(self, base_url: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
@@ -147,7 +159,7 @@ class Node:
             "stateTransitionTime": self.state_changed,
             "lastBootTime": self.allocated,
             "allocationTime": self.allocated,
-            "ipAddress": self.address,
+            "ipAddress": f"10.0.{self.number // 250}.{self.number % 250 + 4}",
             "ipv6Address": "",
             "affinityId": f"TVM:{self.id}",
             "vmSize": self.vm_size,
@@ -158,6 +170,7 @@ class Node:
             "isDedicated": self.dedicated,
             "nodeAgentInfo": {"version": NODE_AGENT_VERSION, "lastUpdateTime": self.allocated},
             "virtualMachineInfo": {"imageReference": self.image},
+            "endpointConfiguration": {"inboundEndpoints": [self._ssh_endpoint()]},
         }
         if self.start_task is not None:
             body["startTask"] = self.start_task
@@ -216,6 +229,7 @@ class Pool(Versioned):
             **copied,
         }
         body.setdefault("vmSize", "standard_d1_v2")
+        body.setdefault("enableInterNodeCommunication", False)
         body.setdefault("taskSchedulingPolicy", {"nodeFillType": "spread"})
         return body
 
@@ -229,6 +243,8 @@ class Task(Versioned):
     spec: dict[str, Any] = field(default_factory=dict)
     state: str = "active"
     retries: int = 0
+    requeues: int = 0
+    """How often its node left the pool while it ran (``executionInfo.requeueCount``)."""
     execution: dict[str, Any] = field(default_factory=dict)
     node: Node | None = None
     last_node: Node | None = None
@@ -257,7 +273,11 @@ class Task(Versioned):
             **copied,
             "constraints": constraints,
             "requiredSlots": self.required_slots,
-            "executionInfo": {"retryCount": self.retries, "requeueCount": 0, **self.execution},
+            "executionInfo": {
+                "retryCount": self.retries,
+                "requeueCount": self.requeues,
+                **self.execution,
+            },
         }
         body.setdefault(
             "userIdentity", {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
@@ -290,6 +310,8 @@ class Job(Versioned):
     pool_id: str = ""
     tasks: dict[str, Task] = field(default_factory=dict)
     """By case-folded id, in the order tasks were added."""
+    incomplete: int = 0
+    """How many of its tasks are not completed."""
     execution: dict[str, Any] = field(default_factory=dict)
     deadline: float | None = None
     """When ``constraints.maxWallClockTime`` ends the job (monotonic seconds)."""
@@ -317,6 +339,7 @@ class Job(Versioned):
             "creationTime": self.created,
             "state": self.state,
             "stateTransitionTime": self.state_changed,
+            "usesTaskDependencies": False,
             "priority": 0,
             "maxParallelTasks": -1,
             "allowTaskPreemption": False,

@@ -89,6 +89,7 @@ KILL_GRACE_S = 2.0
 """How long a process group has between SIGTERM and SIGKILL."""
 HTTP_TIMEOUT_S = 60.0
 POLL_S = 0.05
+FIRST_POLL_S = 0.001
 """How often a waiting attempt looks at its process, its deadline and its cancel event."""
 CHUNK = 1 << 20
 DEFAULT_FILE_MODE = 0o770
@@ -500,10 +501,11 @@ def _launch(
 def _wait(
     process: subprocess.Popen[bytes], deadline: float | None, cancel: threading.Event
 ) -> str | None:
+    backoff = FIRST_POLL_S  # short commands are noticed at once, long ones cost little
     while not _exited(process):
         if cancel.is_set():
             return "cancel"
-        pause = POLL_S
+        pause = backoff = min(POLL_S, backoff * 2)
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -534,6 +536,12 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
+        return
+    # Reap the leader if it has exited: a group left with no member is then gone at once (the
+    # common case), without the scan of every process below. Members left keep the group's id
+    # reserved, so signalling it stays safe.
+    process.poll()
+    if not _signalable(process.pid):
         return
     deadline = time.monotonic() + KILL_GRACE_S
     while time.monotonic() < deadline:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import threading
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from fanout_azure.emulator.auth import verify
 from fanout_azure.emulator.errors import (
     BatchError,
     authentication_failed,
+    body_too_large,
     invalid_request,
     unsupported,
 )
@@ -38,6 +40,7 @@ API_VERSION = "2025-06-01"
 MAX_BODY_BYTES = 1024 * 1024
 MAX_TASKS_PER_COLLECTION = 100
 DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 1000
 
 
 @dataclass
@@ -144,6 +147,10 @@ def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
                 reply = self._answer(method, parts.path, query, raw_body)
             except BatchError as error:
                 reply = Reply(error.status, error.body(self.request_id), error.headers)
+            except Exception:  # an emulator bug: answer it (and log it) rather than hang up
+                traceback.print_exc()
+                failure = _internal_error()
+                reply = Reply(failure.status, failure.body(self.request_id))
             self._send(method, reply)
             emulator.log(method, parts.path, reply.status)
             if emulator.observer is not None:
@@ -161,11 +168,7 @@ def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
                 raise unsupported(method, unquote(raw_path))
             self.operation_id = operation.operation_id
             if len(raw_body) > MAX_BODY_BYTES:
-                raise BatchError(
-                    413,
-                    "RequestBodyTooLarge",
-                    "The request body is too large and exceeds the maximum permissible limit.",
-                )
+                raise body_too_large()
             body: Any = None
             if operation.body_schema is not None:
                 try:
@@ -187,6 +190,7 @@ def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
             self.send_header("request-id", self.request_id)
             self.send_header("Date", format_datetime(datetime.now(UTC), usegmt=True))
             self.send_header("DataServiceVersion", "3.0")
+            self.send_header("X-Content-Type-Options", "nosniff")
             client_request_id = self.headers.get("client-request-id")
             if client_request_id and self.headers.get("return-client-request-id") == "true":
                 self.send_header("client-request-id", client_request_id)
@@ -230,8 +234,8 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         if text:
             keep = parse_filter(text)
             documents = [document for document in documents if keep(document)]
-        size = int(request.param("maxresults") or DEFAULT_PAGE_SIZE)
-        start = int(request.param("$skiptoken") or 0)
+        size = _query_int(request, "maxresults", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
+        start = _query_int(request, "$skiptoken", 0, 0, len(documents))
         page = [
             select(document, request.param("$select"))
             for document in documents[start : start + size]
@@ -431,6 +435,29 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         "Tasks_GetTaskFile": get_task_file,
         "Tasks_GetTaskFileProperties": get_task_file,
     }
+
+
+def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter in ``low..high``; 400 ``InvalidQueryParameterValue`` if not."""
+    text = request.param(name)
+    if text is None:
+        return default
+    value = int(text) if text.isdecimal() else low - 1
+    if not low <= value <= high:
+        raise BatchError(
+            400,
+            "InvalidQueryParameterValue",
+            "Value for one of the query parameters specified in the request URI is invalid.",
+            {"QueryParameterName": name, "QueryParameterValue": text},
+        )
+    return value
+
+
+def _internal_error() -> BatchError:
+    """500 ``InternalError``, in the words Storage uses for it."""
+    return BatchError(
+        500, "InternalError", "The server encountered an internal error. Please retry the request."
+    )
 
 
 def _task_directory(account: Account, request: Request) -> Path | None:
