@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from azure.batch import BatchClient
+from azure.batch import models as m
 from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import ResourceNotFoundError
 from fanout_azure.emulator.command import DEFAULT_ACCOUNT, DEFAULT_KEY
 from fanout_azure.emulator.server import BatchEmulator
 
@@ -53,3 +55,41 @@ def running_emulator(tmp_path: Path) -> Iterator[Running]:
             yield Running(emulator, log_path, answers)
         finally:
             emulator.stop()
+
+
+IMAGE = m.VirtualMachineConfiguration(
+    image_reference=m.BatchVmImageReference(
+        publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"
+    ),
+    node_agent_sku_id="batch.node.ubuntu 22.04",
+)
+
+
+def make_pool(
+    client: BatchClient,
+    pool_id: str,
+    nodes: int = 1,
+    slots: int = 1,
+    start_task: m.BatchStartTask | None = None,
+    **call_options: Any,
+) -> None:
+    """A pool of ``nodes`` Ubuntu 22.04 nodes with ``slots`` task slots each."""
+    client.create_pool(
+        m.BatchPoolCreateOptions(
+            id=pool_id,
+            vm_size="standard_d2s_v3",
+            virtual_machine_configuration=IMAGE,
+            target_dedicated_nodes=nodes,
+            task_slots_per_node=slots,
+            start_task=start_task,
+        ),
+        **call_options,
+    )
+
+
+def pool_exists(client: BatchClient, pool_id: str) -> bool:
+    """``client.pool_exists``, which in azure-batch 15.1 raises on 404 instead of saying False."""
+    try:
+        return bool(client.pool_exists(pool_id))
+    except ResourceNotFoundError:
+        return False

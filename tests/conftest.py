@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,6 +70,23 @@ def run_fanout(
         timeout=timeout,
         check=False,
     )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Poll ``condition`` until it holds; fail the test if it does not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status and "\nState:\tX" not in status
 
 
 def load_record(out: Path) -> dict[str, Any]:

@@ -7,19 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import load_record, run_fanout, write_inputs, write_job
-from test_run_local import process_alive
-
-
-def wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
+from conftest import load_record, process_alive, run_fanout, wait_until, write_inputs, write_job
 
 
 def started_tasks(counter: Path) -> list[str]:
@@ -56,7 +46,7 @@ def test_ctrl_c_then_resume(job_dir: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(lambda: len(started_tasks(counter)) == 4)  # t1, t2 done; t3, t4 running
+    wait_until(lambda: len(started_tasks(counter)) == 4)  # t1, t2 done; t3, t4 running
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=30)
     assert run.returncode == 130, stderr + stdout
@@ -133,11 +123,11 @@ def test_sigterm_stops_the_run_like_ctrl_c(job_dir: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for(pid_file.exists)
+    wait_until(pid_file.exists)
     run.terminate()
     stdout, stderr = run.communicate(timeout=30)
     assert run.returncode == 143, stderr + stdout
     assert "Traceback" not in stderr + stdout
     assert load_record(job_dir / "out")["status"] == "interrupted"
-    wait_for(lambda: pid_file.read_text().strip() != "")
+    wait_until(lambda: pid_file.read_text().strip() != "")
     assert not process_alive(int(pid_file.read_text()))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import string
 from collections import Counter
 from pathlib import Path
 
-from conftest import REPO, load_record, run_fanout, write_inputs, write_job
+from conftest import REPO, load_record, process_alive, run_fanout, write_inputs, write_job
 
 EXAMPLE = REPO / "examples" / "topwords"
 
@@ -226,16 +225,6 @@ def test_out_dir_with_foreign_files_is_refused(job_dir: Path) -> None:
     assert "did not write" in result.stderr
     assert not (job_dir / ".fanout").exists()
     assert (job_dir / "out" / "mine.txt").read_text() == "precious"
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "\nState:\tZ" not in status.read_text()
 
 
 def test_names_with_spaces_and_hashes_travel_intact(tmp_path: Path) -> None:

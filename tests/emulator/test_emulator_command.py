@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,14 +16,10 @@ import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
 from azure.core.credentials import AzureNamedKeyCredential
+from batch_emulator import IMAGE
+from conftest import process_alive, wait_until
 from fanout_azure.emulator.command import DEFAULT_ACCOUNT, DEFAULT_KEY
 
-IMAGE = m.VirtualMachineConfiguration(
-    image_reference=m.BatchVmImageReference(
-        publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"
-    ),
-    node_agent_sku_id="batch.node.ubuntu 22.04",
-)
 LOG_LINE = re.compile(r"(GET|HEAD|POST|PUT|PATCH|DELETE) /[^?\s]* \d{3}")
 
 
@@ -66,28 +61,11 @@ def batch_emulator(root: Path, request_log: Path) -> Iterator[Served]:
             process.wait()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 def pid_in(path: Path) -> Callable[[], bool]:
     def written() -> bool:
         return path.is_file() and path.read_text().strip().isdigit()
 
     return written
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs: a zombie, waiting to be reaped, does not."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    state = re.search(r"^State:\s+(\S)", status, re.MULTILINE)
-    return state is not None and state.group(1) not in ("Z", "X")
 
 
 def start_sleepers(client: BatchClient, pids: Path) -> tuple[int, int]:
@@ -130,11 +108,11 @@ def test_a_signal_stops_the_emulator_and_every_process_it_started(
         assert not served.endpoint.endswith(":0")
         assert (served.account, served.key) == (DEFAULT_ACCOUNT, DEFAULT_KEY)
         started = start_sleepers(served.client(), pids)
-        assert all(alive(pid) for pid in started)
+        assert all(process_alive(pid) for pid in started)
 
         served.process.send_signal(signum)
         assert served.process.wait(timeout=10) == 0
-        assert [pid for pid in started if alive(pid)] == []
+        assert [pid for pid in started if process_alive(pid)] == []
 
     lines = log.read_text().splitlines()
     assert all(LOG_LINE.fullmatch(line) for line in lines), lines

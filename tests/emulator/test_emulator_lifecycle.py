@@ -3,8 +3,6 @@ both ways, filtered listings, a pool deleted under a running task, and the limit
 
 from __future__ import annotations
 
-import re
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -13,38 +11,15 @@ import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
 from azure.batch.models._models import BatchJobTerminateOptions
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from batch_emulator import Running
+from azure.core.exceptions import HttpResponseError
+from batch_emulator import IMAGE, Running, make_pool, pool_exists
+from conftest import process_alive, wait_until
 
 # Not exported from azure.batch.models; azure-batch 15.1 cannot terminate a job without it.
 TERMINATE = BatchJobTerminateOptions(termination_reason="UserTerminate")
-IMAGE = m.VirtualMachineConfiguration(
-    image_reference=m.BatchVmImageReference(
-        publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"
-    ),
-    node_agent_sku_id="batch.node.ubuntu 22.04",
-)
 IGNORES_SIGTERM = "trap '' TERM; "
 """A shell prefix whose ``sleep`` outlives SIGTERM: it holds its pool in ``deleting`` for the
 emulator's grace period before SIGKILL."""
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
-def make_pool(client: BatchClient, pool_id: str, nodes: int = 1) -> None:
-    client.create_pool(
-        m.BatchPoolCreateOptions(
-            id=pool_id,
-            vm_size="standard_d2s_v3",
-            virtual_machine_configuration=IMAGE,
-            target_dedicated_nodes=nodes,
-        )
-    )
 
 
 def make_job(
@@ -65,24 +40,6 @@ def run_sleeper(client: BatchClient, job_id: str, pid_file: Path, prefix: str = 
     client.create_task(job_id, m.BatchTaskCreateOptions(id="sleeper", command_line=command))
     wait_until(lambda: pid_file.is_file() and pid_file.read_text().strip().isdigit())
     return int(pid_file.read_text())
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs: a zombie, waiting to be reaped, does not."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    state = re.search(r"^State:\s+(\S)", status, re.MULTILINE)
-    return state is not None and state.group(1) not in ("Z", "X")
-
-
-def pool_exists(client: BatchClient, pool_id: str) -> bool:
-    """``client.pool_exists``, which in azure-batch 15.1 raises on 404 instead of saying False."""
-    try:
-        return bool(client.pool_exists(pool_id))
-    except ResourceNotFoundError:
-        return False
 
 
 def refused(call: Callable[[], object]) -> tuple[int | None, str | None]:
@@ -123,7 +80,7 @@ def test_a_job_over_its_wall_clock_is_terminated_with_its_running_task(
     assert (state, info.result) == ("completed", "failure")
     assert info.failure_info is not None
     assert info.failure_info.code == "TaskEnded"
-    assert not alive(pid)
+    assert not process_alive(pid)
 
 
 def test_a_pool_resizes_up_and_down_through_the_sdk_poller(batch: Running) -> None:
@@ -151,7 +108,7 @@ def test_resizing_down_requeues_the_task_of_a_busy_node(batch: Running, tmp_path
     assert node_count(client, "shrink") == 0
     state, info = execution(client, "shrink", "sleeper")
     assert (state, info.requeue_count) == ("active", 1)
-    assert not alive(pid)
+    assert not process_alive(pid)
 
 
 def test_jobs_list_with_a_filter_on_state_and_a_selection(batch: Running) -> None:
@@ -202,7 +159,7 @@ def test_deleting_a_pool_requeues_its_running_task(batch: Running, tmp_path: Pat
 
     client.begin_delete_pool("doomed", polling_interval=1).result()
     assert not pool_exists(client, "doomed")
-    assert not alive(pid)
+    assert not process_alive(pid)
     state, info = execution(client, "orphan", "sleeper")
     assert (state, info.requeue_count) == ("active", 1)
     assert client.get_job_task_counts("orphan").task_counts.active == 1

@@ -26,53 +26,13 @@ from azure.storage.blob import (
     generate_container_sas,
 )
 from azurite import Azurite
-from batch_emulator import Running
+from batch_emulator import IMAGE, Running, make_pool, pool_exists
+from conftest import wait_until
 from fanout_azure.emulator.spec import response_problems
 
 # azure-batch 15.1 cannot terminate a job without this body (it then sends no content type);
 # the model is not exported from azure.batch.models.
 TERMINATE = BatchJobTerminateOptions(termination_reason="UserTerminate")
-IMAGE = m.VirtualMachineConfiguration(
-    image_reference=m.BatchVmImageReference(
-        publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"
-    ),
-    node_agent_sku_id="batch.node.ubuntu 22.04",
-)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
-
-
-def pool_exists(client: BatchClient, pool_id: str) -> bool:
-    """``client.pool_exists``, which in azure-batch 15.1 raises on 404 instead of saying False."""
-    try:
-        return bool(client.pool_exists(pool_id))
-    except ResourceNotFoundError:
-        return False
-
-
-def make_pool(
-    client: BatchClient,
-    pool_id: str,
-    nodes: int = 1,
-    slots: int = 1,
-    start_task: m.BatchStartTask | None = None,
-) -> None:
-    client.create_pool(
-        m.BatchPoolCreateOptions(
-            id=pool_id,
-            vm_size="standard_d2s_v3",
-            virtual_machine_configuration=IMAGE,
-            target_dedicated_nodes=nodes,
-            task_slots_per_node=slots,
-            start_task=start_task,
-        )
-    )
 
 
 def nodes_ready(client: BatchClient, pool_id: str, count: int) -> Callable[[], bool]:

@@ -9,15 +9,13 @@ tests against live Azure, at api-version 2023-05-01.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.batch import BatchClient
 from azure.batch import models as m
-from batch_emulator import Running
+from batch_emulator import Running, make_pool
+from conftest import wait_until
 from fanout_azure.emulator.spec import load_spec
 
 RECORDINGS = Path(__file__).resolve().parents[3] / "shared" / "azure-batch-spec" / "recordings"
@@ -110,33 +108,9 @@ def compare(capture: Capture, entry: dict[str, Any], definition: str | None = No
     assert missing_properties(our_object, their_object, definition) == []
 
 
-def wait_until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
-def make_pool(client: BatchClient, pool_id: str, hook: Callable[[Any], None]) -> None:
-    client.create_pool(
-        m.BatchPoolCreateOptions(
-            id=pool_id,
-            vm_size="standard_d2_v2",
-            virtual_machine_configuration=m.VirtualMachineConfiguration(
-                image_reference=m.BatchVmImageReference(
-                    publisher="canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts"
-                ),
-                node_agent_sku_id="batch.node.ubuntu 22.04",
-            ),
-            target_dedicated_nodes=1,
-        ),
-        raw_response_hook=hook,
-    )
-
-
 def test_pools_and_nodes_answer_like_the_service(batch: Running) -> None:
     client, capture = batch.client(), Capture()
-    make_pool(client, "recorded", capture.hook)
+    make_pool(client, "recorded", raw_response_hook=capture.hook)
     compare(capture, recorded("network_configuration[sync]", "POST", "/pools"))
     client.get_pool("recorded", raw_response_hook=capture.hook)
     compare(
@@ -155,7 +129,7 @@ def test_pools_and_nodes_answer_like_the_service(batch: Running) -> None:
 
 def test_jobs_tasks_and_files_answer_like_the_service(batch: Running) -> None:
     client, capture = batch.client(), Capture()
-    make_pool(client, "files", lambda response: None)
+    make_pool(client, "files")
     job = m.BatchJobCreateOptions(id="recorded", pool_info=m.BatchPoolInfo(pool_id="files"))
     client.create_job(job, raw_response_hook=capture.hook)
     compare(capture, recorded("jobs[sync]", "POST", "/jobs"))
