@@ -18,7 +18,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fanout_azure.emulator.errors import BatchError, exists, not_found
 from fanout_azure.emulator.model import Job, Node, Pool, Task, node_id, now
@@ -31,6 +31,7 @@ from fanout_azure.emulator.runtime import (
     should_retry,
 )
 
+_Found = TypeVar("_Found")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DISPATCH_INTERVAL_S = 0.2
 TERMINATED_BY_USER = {
@@ -105,10 +106,7 @@ class Account:
 
     def pool(self, pool_id: str) -> Pool:
         with self._lock:
-            pool = self.pools.get(pool_id.casefold())
-            if pool is None:
-                raise not_found("pool", pool_id)
-            return pool
+            return _find(self.pools, "pool", pool_id)
 
     def resize_pool(self, pool_id: str, spec: dict[str, Any]) -> None:
         with self._lock:
@@ -286,10 +284,7 @@ class Account:
 
     def job(self, job_id: str) -> Job:
         with self._lock:
-            job = self.jobs.get(job_id.casefold())
-            if job is None:
-                raise not_found("job", job_id)
-            return job
+            return _find(self.jobs, "job", job_id)
 
     def terminate_job(self, job_id: str, reason: str = "UserTerminate") -> None:
         with self._lock:
@@ -389,10 +384,7 @@ class Account:
 
     def task(self, job_id: str, task_id: str) -> Task:
         with self._lock:
-            task = self.job(job_id).tasks.get(task_id.casefold())
-            if task is None:
-                raise not_found("task", task_id)
-            return task
+            return _find(self.job(job_id).tasks, "task", task_id)
 
     def terminate_task(self, job_id: str, task_id: str) -> None:
         with self._lock:
@@ -589,3 +581,11 @@ def _execution(result: AttemptResult) -> dict[str, Any]:
     if result.failure_info is not None:
         info["failureInfo"] = result.failure_info
     return info
+
+
+def _find(table: dict[str, _Found], kind: str, object_id: str) -> _Found:
+    """The object of ``table`` with this id, ignoring case as the service does; else 404."""
+    found = table.get(object_id.casefold())
+    if found is None:
+        raise not_found(kind, object_id)
+    return found
