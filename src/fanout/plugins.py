@@ -94,9 +94,14 @@ def _plugin_errors(plugin: str, doing: str) -> Iterator[None]:
         raise PluginError(f"plugin {plugin} failed to {doing}: {exc}") from exc
 
 
-def get_backend(name: str, manager: pluggy.PluginManager | None = None) -> type[Backend]:
-    """The backend class called ``name``; the error lists those available."""
-    available = backends(manager)
+def get_backend(
+    name: str,
+    manager: pluggy.PluginManager | None = None,
+    available: dict[str, BackendEntry] | None = None,
+) -> type[Backend]:
+    """The backend class called ``name`` (among ``available``, if the caller has them already);
+    the error lists those available."""
+    available = backends(manager) if available is None else available
     if name not in available:
         names = ", ".join(available) or "none"
         raise PluginError(

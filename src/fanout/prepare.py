@@ -60,7 +60,7 @@ def prepare(job: Job, options: RunOptions, manager: pluggy.PluginManager | None 
     """Validate everything the run needs and plan it, touching nothing."""
     job = apply_overrides(job, options)
     available = backends(manager)
-    backend_cls = get_backend(options.backend, manager)
+    backend_cls = get_backend(options.backend, available=available)
     settings = backend_settings(backend_cls, job, options)
     check_capabilities(backend_cls, job.spec.job)
     unknown = sorted(set(job.spec.backends) - set(available))
