@@ -112,11 +112,7 @@ class Account:
         with self._lock:
             pool = self.pool(pool_id)
             if pool.state == "deleting":
-                raise BatchError(
-                    409,
-                    "PoolBeingDeleted",
-                    "The specified pool has been marked for deletion and is being reclaimed.",
-                )
+                raise _pool_being_deleted()
             if pool.allocation_state != "steady":
                 raise BatchError(
                     409, "PoolNotSteady", "The specified pool is not in a steady state."
@@ -131,11 +127,7 @@ class Account:
         with self._lock:
             pool = self.pool(pool_id)
             if pool.state == "deleting":
-                raise BatchError(
-                    409,
-                    "PoolBeingDeleted",
-                    "The specified pool has been marked for deletion and is being reclaimed.",
-                )
+                raise _pool_being_deleted()
             pool.state, pool.state_changed = "deleting", now()
             pool.touch()
         self._spawn(self._remove_pool, pool)
@@ -589,3 +581,11 @@ def _find(table: dict[str, _Found], kind: str, object_id: str) -> _Found:
     if found is None:
         raise not_found(kind, object_id)
     return found
+
+
+def _pool_being_deleted() -> BatchError:
+    return BatchError(
+        409,
+        "PoolBeingDeleted",
+        "The specified pool has been marked for deletion and is being reclaimed.",
+    )

@@ -550,6 +550,11 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
+    # SIGKILL lands asynchronously: return once the group is gone, so that nothing the caller
+    # reports as ended is still in the process table.
+    deadline = time.monotonic() + KILL_GRACE_S
+    while _group_alive(process) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _group_alive(process: subprocess.Popen[bytes]) -> bool:
