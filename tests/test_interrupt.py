@@ -78,6 +78,9 @@ def test_ctrl_c_then_resume(job_dir: Path) -> None:
     assert sorted(set(runs)) == ["t1", "t2", "t3", "t4", "t5"]
     final = load_record(job_dir / "out")
     assert final["run_id"] == record["run_id"]
+    first_job = f"resumable-{record['run_id']}"
+    assert record["job_ids"] == [first_job]
+    assert final["job_ids"] == [first_job, f"{first_job}-1"]  # each attempt, its own job
     assert final["status"] == "finished"
     assert all(task["state"] == "succeeded" for task in final["tasks"])
     for n in range(1, 6):

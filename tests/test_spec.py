@@ -19,6 +19,7 @@ from conftest import run_fanout, write_inputs, write_job
 from fanout.errors import JobFileError
 from fanout.plan import make_plan, render_command
 from fanout.prepare import RunOptions, prepare
+from fanout.scheduler import attempt_job_id
 from fanout.spec import load_job, parse_duration, validate_job
 
 VALID_JOB: dict[str, Any] = {"name": "spec-test", "inputs": ["in/*.txt"], "command": "cat {input}"}
@@ -178,7 +179,9 @@ def test_unknown_backend_names_the_available_ones(job_files: Path) -> None:
     write_job(job_files, job_tables())
     before = tree(job_files.parent)
     result = run_fanout("run", job_files / "job.toml", "--backend", "nope", cwd=job_files.parent)
-    assert_one_line_error(result, "'nope'", "available: local")
+    assert_one_line_error(result, "'nope'", "available: ")
+    available = result.stderr.split("available: ", 1)[1].strip().split(", ")
+    assert "local" in available  # and any backend an installed plugin brings
     assert tree(job_files.parent) == before
 
 
@@ -462,3 +465,11 @@ def test_a_table_for_no_installed_backend_is_warned_about(job_files: Path) -> No
     assert result.returncode == 0, result.stderr
     assert "warning" in result.stderr
     assert "[backends.loacl] names no installed backend" in result.stderr
+
+
+def test_attempt_job_ids_stay_valid_batch_ids() -> None:
+    run_id = "20261125-101500-abcd"
+    assert attempt_job_id("topwords", run_id, 0) == f"topwords-{run_id}"
+    assert attempt_job_id("topwords", run_id, 12) == f"topwords-{run_id}-12"
+    longest = attempt_job_id("j" * 40, run_id, 99)
+    assert len(longest) == 64 and longest.endswith(f"-{run_id}-99")

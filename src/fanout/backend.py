@@ -115,9 +115,15 @@ class RunContext:
 
     run_id: str
     job_id: str
-    """A unique id for this run's job, valid as an Azure Batch id."""
+    """A unique id for this attempt at the run's job, valid as an Azure Batch id. It is in the
+    run ledger before ``provision`` is called; a resumed run gets a new one."""
     job_dir: Path
     """The job file's directory: relative paths in backend settings start here."""
+    budget_s: float
+    """How long the run may take (``[job] budget``): nothing it starts should outlive it, even
+    if this process dies."""
+    earlier_job_ids: tuple[str, ...] = ()
+    """The job ids of earlier attempts at this run, oldest first (when resuming)."""
 
 
 class NoSettings(BaseModel):
@@ -129,10 +135,11 @@ class NoSettings(BaseModel):
 class Backend(abc.ABC):
     """A place that runs tasks. One instance serves one run.
 
-    The scheduler calls, in order: ``preflight``, ``provision``, ``submit`` (once or more),
-    ``poll`` until every task has finished, then ``teardown``. ``cancel`` may come at any time
-    after ``provision``. Methods raise ``fanout.errors.BackendError`` for a failure that stops
-    the run; a failing *task* is reported through ``poll`` instead.
+    The scheduler calls, in order: ``preflight``, ``reattach`` (when resuming), ``provision``,
+    ``submit`` (once or more), ``poll`` until every task has finished, then ``teardown``.
+    ``cancel`` may come at any time after ``provision``. Methods raise
+    ``fanout.errors.BackendError`` for a failure that stops the run; a failing *task* is
+    reported through ``poll`` instead.
     """
 
     name: ClassVar[str]
@@ -149,6 +156,13 @@ class Backend(abc.ABC):
     def preflight(self) -> None:  # noqa: B027 - a hook with nothing to check by default
         """Check that the backend can run (reachable, credentials accepted); create nothing."""
 
+    def reattach(self) -> set[str]:
+        """On a resumed run, before ``provision``: the ids of tasks that an earlier attempt
+        (``RunContext.earlier_job_ids``) left running or finished with the backend, and that
+        ``poll`` will report. The scheduler does not submit them again. By default nothing
+        outlives a run, so there are none."""
+        return set()
+
     @abc.abstractmethod
     def provision(self, pool: PoolSpec) -> None:
         """Make nodes ready: each receives ``pool.app_files`` and runs ``pool.setup`` once."""
@@ -161,6 +175,11 @@ class Backend(abc.ABC):
     def poll(self, timeout: float) -> list[TaskUpdate]:
         """State changes since the last call, waiting up to ``timeout`` seconds for one."""
 
+    def status(self) -> str | None:
+        """One line on the nodes for the progress display (``nodes: 3 of 10 ready``), if the
+        backend has something to say; called after each ``poll``."""
+        return None
+
     def task_logs(self, task_id: str, tail: int = 20) -> str:
         """The last ``tail`` lines of the task's stderr from its last attempt ("" if none)."""
         return ""
@@ -172,6 +191,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def teardown(self, keep: bool = False) -> None:
         """Release what ``provision`` created. ``keep`` asks to keep it for inspection."""
+
+    def leftovers(self) -> list[str]:
+        """After ``teardown``: what this run created and did not remove (kept on purpose, or
+        failed to delete), one line each, for the run record."""
+        return []
 
 
 def setup_script(commands: Sequence[str]) -> str:

@@ -89,6 +89,10 @@ class Ledger:
     started: str = field(default_factory=now_iso)
     finished: str | None = None
     status: str = "running"
+    job_ids: list[str] = field(default_factory=list)
+    """The backend job of each attempt at this run (a resumed run adds one), oldest first."""
+    leftovers: list[str] = field(default_factory=list)
+    """What the run created and did not remove, as its backend reported after teardown."""
     _saved_at: float = 0.0
 
     @staticmethod
@@ -144,6 +148,8 @@ class Ledger:
             "status": self.status,
             "started": self.started,
             "finished": self.finished,
+            "job_ids": self.job_ids,
+            "leftovers": self.leftovers,
             "tasks": [task.to_json() for task in self.tasks.values()],
         }
 

@@ -38,6 +38,7 @@ class Reporter:
         self._staging_total = 0
         self._states: dict[str, str] = {}
         self._last_progress = 0.0
+        self._backend_status: str | None = None
 
     def staging_started(self, files: int, total_bytes: int) -> None:
         self._staging_total = total_bytes
@@ -60,6 +61,12 @@ class Reporter:
         if now - self._last_progress >= self.progress_interval_s:
             self._last_progress = now
             self._line(self.status())
+
+    def backend_status(self, text: str | None) -> None:
+        """What the backend says about its nodes; a line whenever it changes."""
+        if text is not None and text != self._backend_status:
+            self._line(text)
+        self._backend_status = text
 
     def counts(self) -> Counter[str]:
         return Counter(self._states.values())
@@ -105,6 +112,9 @@ class LiveReporter(Reporter):
                 f"[red]task {escape(task.id)} failed:[/] {escape(str(task.error))}"
             )
 
+    def backend_status(self, text: str | None) -> None:
+        self._backend_status = text
+
     def finished(self, ledger: Ledger, record_path: Path, exit_code: ExitCode) -> None:
         self.close()
         super().finished(ledger, record_path, exit_code)
@@ -113,8 +123,12 @@ class LiveReporter(Reporter):
         self._live.stop()
 
     def _render(self) -> Text:
-        staged = f"staged {decimal(self._staged_bytes)} of {decimal(self._staging_total)}"
-        return Text(f"{staged}\n{self.status()}" if self._states else staged)
+        lines = [f"staged {decimal(self._staged_bytes)} of {decimal(self._staging_total)}"]
+        if self._backend_status:
+            lines.append(self._backend_status)
+        if self._states:
+            lines.append(self.status())
+        return Text("\n".join(lines))
 
 
 def make_reporter(console: Console) -> Reporter:

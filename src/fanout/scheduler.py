@@ -35,6 +35,7 @@ from fanout.prepare import DEFAULT_OUT, Prepared
 from fanout.progress import Reporter
 from fanout.redact import redact
 from fanout.storage import StagedFile, Storage
+from fanout.taskids import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,27 @@ def run(prepared: Prepared, reporter: Reporter) -> Outcome:
     else:
         _check_out_dir(_new_out_dir(prepared))
     ledger = open_ledger(prepared, storage)
+    earlier_job_ids = tuple(ledger.job_ids)
+    ledger.job_ids.append(attempt_job_id(prepared.job.name, ledger.run_id, len(earlier_job_ids)))
     context = RunContext(
         run_id=ledger.run_id,
-        job_id=f"{prepared.job.name}-{ledger.run_id}",
+        job_id=ledger.job_ids[-1],
         job_dir=prepared.job.directory,
+        budget_s=section.job.budget,
+        earlier_job_ids=earlier_job_ids,
     )
     backend = prepared.backend_cls(prepared.settings, context)
     backend.preflight()
     if not resuming:
         storage.check_reachable()  # may create the storage root: only once all else is checked
     return _Run(prepared, storage, ledger, backend, reporter).execute()
+
+
+def attempt_job_id(job: str, run_id: str, attempt: int) -> str:
+    """The backend's job id for one attempt at a run: ``<job>-<run-id>``, then ``-1``, ``-2``…
+    for resumed attempts; at most 64 characters, as Azure Batch requires."""
+    suffix = f"-{run_id}" + (f"-{attempt}" if attempt else "")
+    return job[: MAX_ID_LENGTH - len(suffix)] + suffix
 
 
 def open_ledger(prepared: Prepared, storage: Storage) -> Ledger:
@@ -148,9 +160,12 @@ class _Run:
             staged = self._stage(pending)
             if pending:
                 provisioned = True  # a half-finished provision still needs a teardown
+                adopted = self.backend.reattach() if self.ledger.job_ids[:-1] else set()
+                if adopted:
+                    log.info("reattached to %d tasks of an earlier attempt", len(adopted))
                 log.info("provisioning nodes on backend %s", self.backend.name)
                 self.backend.provision(self._pool_spec(staged))
-                self._submit(pending, staged)
+                self._submit([r for r in pending if r.id not in adopted], staged)
                 self._monitor({record.id for record in pending})
             completed = True
         except Interrupted as stop:
@@ -165,6 +180,7 @@ class _Run:
                     if not completed:
                         self.backend.cancel()
                     self.backend.teardown(keep=self._any_failed())
+                    self.ledger.leftovers = self.backend.leftovers()
                 record_path = self._record(completed)
         exit_code = stopped_by or (ExitCode.TASKS_FAILED if self._any_failed() else ExitCode.OK)
         self.reporter.finished(self.ledger, record_path, exit_code)
@@ -224,7 +240,9 @@ class _Run:
         with ThreadPoolExecutor(COLLECT_CONCURRENCY, thread_name_prefix="collect") as collector:
             while outstanding:
                 timeout = 0.05 if collecting else POLL_TIMEOUT_S
-                for update in self.backend.poll(timeout):
+                updates = self.backend.poll(timeout)
+                self.reporter.backend_status(self.backend.status())
+                for update in updates:
                     log.debug("task %s: %s", update.task_id, update.state.value)
                     record = self.ledger.tasks[update.task_id]
                     _apply(record, update)
