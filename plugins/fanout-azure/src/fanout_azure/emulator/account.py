@@ -16,16 +16,16 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fanout_azure.emulator.errors import BatchError, exists, not_found
+from fanout_azure.emulator.job_update import check_job_options, updated_spec, wall_clock_seconds
 from fanout_azure.emulator.model import Job, Node, Pool, Task, node_id, now
 from fanout_azure.emulator.runtime import (
     AttemptResult,
     NodePaths,
-    parse_duration,
     run_start_task,
     run_task,
     should_retry,
@@ -51,6 +51,16 @@ TERMINATED_WITH_NODE = {
 }
 ENDING_DEALLOCATIONS = ("requeue", "terminate")
 """``nodeDeallocationOption``s that end a leaving node's tasks at once (the others let them end)."""
+UPDATABLE_JOB_STATES = ("active", "disabled")
+_JOB_CONFLICTS = {
+    "completed": ("JobCompleted", "The specified job is already in a completed state."),
+    "terminating": ("JobBeingTerminated", "The specified job is being terminated."),
+    "deleting": (
+        "JobBeingDeleted",
+        "The specified job has been marked for deletion and is being garbage collected.",
+    ),
+}
+"""409 codes for an operation a job's state does not allow (Batch's status and error codes)."""
 
 
 def check_id(kind: str, value: object) -> str:
@@ -192,6 +202,7 @@ class Account:
         """Run the start task, if any. A node that is leaving the pool keeps its state."""
         start_task = node.start_task
         wait = start_task is not None and start_task.get("waitForSuccess", True)
+        node.paths.create()
         with self._lock:
             if node.state == "starting":
                 node.set_state("waitingforstarttask" if wait else "idle")
@@ -253,14 +264,13 @@ class Account:
 
     def create_job(self, spec: dict[str, Any]) -> Job:
         job_id = check_id("job", spec.get("id"))
+        check_job_options(spec)
         pool_info = spec.get("poolInfo", {})
         with self._lock:
             if job_id.casefold() in self.jobs:
                 raise exists("job", job_id)
             job = Job(id=job_id, spec=spec)
-            max_wall_clock = spec.get("constraints", {}).get("maxWallClockTime")
-            if max_wall_clock:
-                job.deadline = time.monotonic() + _seconds(max_wall_clock, "maxWallClockTime")
+            _set_deadline(job)
             auto = pool_info.get("autoPoolSpecification")
             if auto is not None:
                 prefix = auto.get("autoPoolIdPrefix", "")
@@ -281,13 +291,36 @@ class Account:
     def terminate_job(self, job_id: str, reason: str = "UserTerminate") -> None:
         with self._lock:
             job = self.job(job_id)
-            if job.state in ("completed", "terminating", "deleting"):
-                raise BatchError(
-                    409,
-                    "JobCompleted" if job.state == "completed" else "JobBeingTerminated",
-                    f"The specified job is already in a {job.state} state.",
-                )
+            if job.state in _JOB_CONFLICTS:
+                raise _job_conflict(job)
             self._terminate(job, reason)
+
+    def update_job(
+        self,
+        job_id: str,
+        changes: dict[str, Any],
+        *,
+        replace: bool = False,
+        condition: Callable[[Job], BatchError | None] | None = None,
+    ) -> Job:
+        """``Jobs_UpdateJob``, or ``Jobs_ReplaceJob`` with ``replace``, of an active or disabled
+        job whose ``condition`` (If-Match...) holds. A job whose tasks are all done and that
+        now asks to end with them completes at once."""
+        with self._lock:
+            job = self.job(job_id)
+            failure = condition(job) if condition is not None else None
+            if failure is not None:
+                raise failure
+            if job.state not in UPDATABLE_JOB_STATES:
+                raise _job_conflict(job)
+            disabled = job.state == "disabled"
+            job.spec = updated_spec(job.spec, changes, replace=replace, disabled=disabled)
+            _set_deadline(job)
+            job.touch()
+            if self._all_tasks_done(job):
+                self._terminate(job, "AllTasksComplete")
+        self._wake.set()
+        return job
 
     def delete_job(self, job_id: str) -> None:
         with self._lock:
@@ -433,13 +466,16 @@ class Account:
                 self._terminate(job, "MaxWallClockTimeExpiry")
 
     def _place(self, job: Job) -> None:
-        """Start the job's waiting tasks on free slots of its pool, first come first served."""
+        """Start the job's waiting tasks on free slots of its pool, first come first served,
+        no more at once than its ``maxParallelTasks`` (-1: no limit)."""
         pool = self.pools.get(job.pool_id.casefold())
         pending = self._pending[job.id.casefold()]
         if pool is None or pool.state != "active" or not pending:
             return
         pack = pool.spec.get("taskSchedulingPolicy", {}).get("nodeFillType", "spread") == "pack"
-        while pending:
+        limit = int(job.spec.get("maxParallelTasks", -1))
+        running = sum(task.node is not None for task in job.tasks.values()) if limit > 0 else 0
+        while pending and (limit <= 0 or running < limit):
             task = pending[0]
             nodes = [node for node in pool.nodes if node.free_slots() >= task.required_slots]
             if not nodes:
@@ -447,6 +483,7 @@ class Account:
             node = nodes[0] if pack else max(nodes, key=Node.free_slots)
             pending.popleft()
             self._start(job, task, node)
+            running += 1
 
     def _start(self, job: Job, task: Task, node: Node) -> None:
         task.node = task.last_node = node
@@ -505,13 +542,18 @@ class Account:
         is. Lock held."""
         task.set_state("completed")
         job.incomplete -= 1
-        if (
+        if self._all_tasks_done(job):
+            self._terminate(job, "AllTasksComplete")
+
+    @staticmethod
+    def _all_tasks_done(job: Job) -> bool:
+        """Whether an active job that ends with its tasks has tasks, all completed."""
+        return (
             job.state == "active"
             and job.spec.get("onAllTasksComplete", "noaction") == "terminatejob"
-            and job.tasks
+            and bool(job.tasks)
             and job.incomplete == 0
-        ):
-            self._terminate(job, "AllTasksComplete")
+        )
 
     # -------------------------------------------------------------- helpers
 
@@ -548,17 +590,18 @@ class Account:
         self._dispatcher.join(timeout=5)
 
 
-def _seconds(duration: str, name: str) -> float:
-    """An ISO 8601 duration of the request in seconds; 400 if the emulator cannot measure it."""
-    try:
-        return parse_duration(duration)
-    except ValueError:
-        raise BatchError(
-            400,
-            "InvalidPropertyValue",
-            "The value provided for one of the properties in the request body is invalid.",
-            {"PropertyName": name, "PropertyValue": duration, "Reason": "Unsupported duration"},
-        ) from None
+def _set_deadline(job: Job) -> None:
+    """When the job's ``maxWallClockTime``, counted from its creation, ends it (if it has one)."""
+    limit = job.spec.get("constraints", {}).get("maxWallClockTime")
+    job.deadline = job.born + wall_clock_seconds(limit) if limit else None
+
+
+def _job_conflict(job: Job) -> BatchError:
+    """409 for an operation the job's state does not allow."""
+    code, message = _JOB_CONFLICTS.get(
+        job.state, ("JobNotActive", "The specified job is not in active state.")
+    )
+    return BatchError(409, code, message)
 
 
 def _execution(result: AttemptResult) -> dict[str, Any]:

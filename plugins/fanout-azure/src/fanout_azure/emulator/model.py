@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -313,6 +314,8 @@ class Job(Versioned):
     incomplete: int = 0
     """How many of its tasks are not completed."""
     execution: dict[str, Any] = field(default_factory=dict)
+    born: float = field(default_factory=time.monotonic)
+    """When it was created (monotonic seconds): its ``maxWallClockTime`` counts from then."""
     deadline: float | None = None
     """When ``constraints.maxWallClockTime`` ends the job (monotonic seconds)."""
 

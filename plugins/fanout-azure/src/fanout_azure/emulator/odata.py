@@ -3,13 +3,16 @@
 ``$filter`` is the subset Batch documents for its lists: comparisons (``eq ne gt ge lt le``) of a
 property path (``state``, ``executionInfo/result``) with a string, number or ``datetime'…'``
 literal, combined with ``and``, ``or``, ``not`` and parentheses. ``startswith(id, 'x')`` is
-supported too, as the service offers it for ids.
+supported too, as the service offers it for ids. A ``datetime'…'`` literal compares as a moment,
+not as text: ``2026-01-01T00:00:00Z`` and ``2026-01-01T00:00:00.5Z`` differ by half a second
+whatever the digits, and a time without an offset is UTC.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from fanout_azure.emulator.errors import BatchError
@@ -138,10 +141,15 @@ class _Parser:
         return lambda document: compare(_comparable(value_at(document, path), literal), literal)
 
     def _literal(self) -> Any:
-        for kind in ("string", "datetime"):
-            value = self._take(kind)
-            if value is not None:
-                return value
+        text = self._take("string")
+        if text is not None:
+            return text
+        moment = self._take("datetime")
+        if moment is not None:
+            parsed = _moment(moment)
+            if parsed is None:
+                raise invalid_filter(self.text)
+            return parsed
         number = self._take("number")
         if number is not None:
             return float(number) if "." in number else int(number)
@@ -170,7 +178,10 @@ class _Parser:
 
 
 def _comparable(value: Any, literal: Any) -> Any:
-    """Enum values compare without regard to case, as the service matches them."""
+    """Enum values compare without regard to case, as the service matches them; times compare
+    with a ``datetime'…'`` literal as moments (a value that is no time as None)."""
+    if isinstance(literal, datetime):
+        return _moment(value) if isinstance(value, str) else None
     if (
         isinstance(value, str)
         and isinstance(literal, str)
@@ -178,6 +189,15 @@ def _comparable(value: Any, literal: Any) -> Any:
     ):
         return literal
     return value
+
+
+def _moment(text: str) -> datetime | None:
+    """An RFC 3339 time (up to 7 fractional digits, ``Z`` or an offset; none means UTC)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _either(left: Predicate, right: Predicate) -> Predicate:

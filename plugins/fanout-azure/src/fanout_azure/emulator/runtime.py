@@ -157,6 +157,12 @@ class NodePaths:
 
     root: Path
 
+    def create(self) -> None:
+        """The directories a node has from its start (``applications``, ``fsmounts`` and
+        ``volatile`` too on Batch, which the emulator has no use for)."""
+        for name in ("shared", "startup", "workitems"):
+            _made(self.root / name)
+
     def shared(self) -> Path:
         """``AZ_BATCH_NODE_SHARED_DIR``: read and write for every task of the node."""
         return _made(self.root / "shared")

@@ -9,12 +9,11 @@ the service sends (``request-id``, ``ETag``, ``Last-Modified``, ...).
 from __future__ import annotations
 
 import json
-import mimetypes
 import threading
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-from fanout_azure.emulator import catalog
+from fanout_azure.emulator import catalog, conditions, files
 from fanout_azure.emulator.account import Account
 from fanout_azure.emulator.auth import verify
 from fanout_azure.emulator.errors import (
@@ -32,8 +31,8 @@ from fanout_azure.emulator.errors import (
     invalid_request,
     unsupported,
 )
+from fanout_azure.emulator.model import Job
 from fanout_azure.emulator.odata import parse_filter, select
-from fanout_azure.emulator.runtime import format_time
 from fanout_azure.emulator.spec import Operation, match, request_error
 
 API_VERSION = "2025-06-01"
@@ -59,6 +58,8 @@ class Request:
     query: dict[str, list[str]]
     body: Any
     path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    """The request's headers, names in lower case."""
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -179,14 +180,16 @@ def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
                 if trouble is not None:
                     raise invalid_request(trouble)
             return emulator.operations[operation.operation_id](
-                Request(operation, query, body, unquote(raw_path))
+                Request(operation, query, body, unquote(raw_path), headers)
             )
 
         def _send(self, method: str, reply: Reply) -> None:
             payload = reply.raw if reply.raw is not None else b""
             if reply.raw is None and reply.body is not None:
                 payload = json.dumps(reply.body).encode("utf-8")
-            self.send_response(reply.status)
+            # send_response would add a Date of its own (two then) and "Python/3.11" to Server.
+            self.send_response_only(reply.status)
+            self.send_header("Server", self.server_version)
             self.send_header("request-id", self.request_id)
             self.send_header("Date", format_datetime(datetime.now(UTC), usegmt=True))
             self.send_header("DataServiceVersion", "3.0")
@@ -286,6 +289,15 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         node = account.node(path(request, "poolId"), path(request, "nodeId"))
         return Reply(200, select(node.to_json(base), request.param("$select")))
 
+    def node_root(request: Request) -> Path:
+        return account.node(path(request, "poolId"), path(request, "nodeId")).paths.root
+
+    def list_node_files(request: Request) -> Reply:
+        return list_files(request, node_root(request))
+
+    def get_node_file(request: Request) -> Reply:
+        return file_reply(request, node_root(request))
+
     def list_images(request: Request) -> Reply:
         return listing(catalog.SUPPORTED_IMAGES, request)
 
@@ -302,6 +314,25 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         with account._lock:
             documents = [job.to_json(base) for job in account.jobs.values()]
         return listing(documents, request)
+
+    def update_job(request: Request, replace: bool = False) -> Reply:
+        def condition(job: Job) -> BatchError | None:
+            return conditions.check(request.headers, job.etag, job.modified)
+
+        job = account.update_job(
+            path(request, "jobId"), request.body, replace=replace, condition=condition
+        )
+        return Reply(
+            200,
+            headers={
+                "ETag": job.etag,
+                "Last-Modified": _http_date(job.modified),
+                "DataServiceId": f"{base}/jobs/{job.id}",
+            },
+        )
+
+    def replace_job(request: Request) -> Reply:
+        return update_job(request, replace=True)
 
     def terminate_job(request: Request) -> Reply:
         reason = (request.body or {}).get("terminateReason", "UserTerminate")
@@ -379,36 +410,25 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         return Reply(204)
 
     def list_task_files(request: Request) -> Reply:
-        directory = _task_directory(account, request)
-        recursive = request.param("recursive") == "true"
-        files = []
-        if directory is not None and directory.exists():
-            entries = directory.rglob("*") if recursive else directory.iterdir()
-            for entry in sorted(entries):
-                name = entry.relative_to(directory).as_posix()
-                files.append(_file_entry(base, request.path, name, entry))
-        return listing(files, request)
+        return list_files(request, _task_directory(account, request))
 
     def get_task_file(request: Request) -> Reply:
-        directory = _task_directory(account, request)
-        name = path(request, "filePath")
-        target = (directory / name) if directory is not None else None
-        if target is None or not target.is_file() or ".." in Path(name).parts:
-            raise BatchError(404, "FileNotFound", "The specified file does not exist.")
-        stat = target.stat()
-        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-        return Reply(
-            200,
-            raw=target.read_bytes(),
-            headers={
-                "Content-Type": mimetypes.guess_type(name)[0] or "application/octet-stream",
-                "ocp-creation-time": format_datetime(modified, usegmt=True),
-                "ocp-batch-file-isdirectory": "false",
-                "ocp-batch-file-url": f"{base}{request.path}",
-                "ocp-batch-file-mode": oct(stat.st_mode & 0o7777)[2:],
-                "Last-Modified": format_datetime(modified, usegmt=True),
-            },
+        return file_reply(request, _task_directory(account, request))
+
+    def list_files(request: Request, directory: Path | None) -> Reply:
+        recursive = request.param("recursive") == "true"
+        return listing(files.entries(directory, recursive, f"{base}{request.path}"), request)
+
+    def file_reply(request: Request, directory: Path | None) -> Reply:
+        """A file's content (GET, ``ocp-range`` honoured) or its properties (HEAD)."""
+        target = files.find(directory, path(request, "filePath"))
+        found = files.answer(
+            target,
+            f"{base}{request.path}",
+            content=request.operation.method == "GET",
+            byte_range=request.headers.get("ocp-range"),
         )
+        return Reply(200, raw=found.content, headers=found.headers)
 
     return {
         "Pools_CreatePool": create_pool,
@@ -419,10 +439,15 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         "Pools_ResizePool": resize_pool,
         "Nodes_ListNodes": list_nodes,
         "Nodes_GetNode": get_node,
+        "Nodes_ListNodeFiles": list_node_files,
+        "Nodes_GetNodeFile": get_node_file,
+        "Nodes_GetNodeFileProperties": get_node_file,
         "Pools_ListSupportedImages": list_images,
         "Jobs_CreateJob": create_job,
         "Jobs_GetJob": get_job,
         "Jobs_ListJobs": list_jobs,
+        "Jobs_UpdateJob": update_job,
+        "Jobs_ReplaceJob": replace_job,
         "Jobs_TerminateJob": terminate_job,
         "Jobs_DeleteJob": delete_job,
         "Jobs_GetJobTaskCounts": task_counts,
@@ -468,25 +493,6 @@ def _task_directory(account: Account, request: Request) -> Path | None:
     if node is None:
         return None
     return node.paths.task_dir(task.job_id, task.id)
-
-
-def _file_entry(base: str, request_path: str, name: str, entry: Path) -> dict[str, Any]:
-    stat = entry.stat()
-    modified = format_time(datetime.fromtimestamp(stat.st_mtime, UTC))
-    document: dict[str, Any] = {
-        "name": name,
-        "url": f"{base}{request_path}/{name}",
-        "isDirectory": entry.is_dir(),
-    }
-    if entry.is_file():
-        document["properties"] = {
-            "creationTime": modified,
-            "lastModified": modified,
-            "contentLength": str(stat.st_size),
-            "contentType": mimetypes.guess_type(name)[0] or "application/octet-stream",
-            "fileMode": oct(stat.st_mode & 0o7777)[2:],
-        }
-    return document
 
 
 def _http_date(timestamp: str) -> str:
