@@ -86,6 +86,9 @@ class TaskSpec:
     env: dict[str, str] = field(default_factory=dict)
     max_retries: int = 0
     timeout_s: float | None = None
+    logs_destination: str | None = None
+    """Where a backend that keeps logs remotely may put the task's ``stdout.txt`` and
+    ``stderr.txt`` (a URL prefix like an output destination's, outside the outputs)."""
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,7 @@ class _Run:
                     env=self.section.env,
                     max_retries=self.section.retries,
                     timeout_s=self.section.timeout,
+                    logs_destination=self.storage.write_url(self._logs_path(record.id)),
                 )
             )
         log.info("submitting %d tasks to backend %s", len(specs), self.backend.name)
@@ -251,8 +252,7 @@ class _Run:
                         continue
                     if update.state is TaskState.FAILED:
                         record.state = "failed"
-                        stderr_tail = self.backend.task_logs(record.id, STDERR_TAIL_LINES)
-                        record.stderr_tail = redact(stderr_tail)
+                        record.stderr_tail = redact(self._stderr_tail(record.id))
                         outstanding.discard(record.id)
                     self.reporter.task_changed(record)
                 for future in [f for f in collecting if f.done()]:
@@ -278,8 +278,22 @@ class _Run:
         except (OSError, StorageError) as exc:
             record.state, record.error = "failed", redact(f"cannot collect outputs: {exc}")
 
+    def _stderr_tail(self, task_id: str) -> str:
+        """From the backend, or else from the logs it uploaded (``TaskSpec.logs_destination``)."""
+        tail = self.backend.task_logs(task_id, STDERR_TAIL_LINES)
+        if tail:
+            return tail
+        try:
+            data = self.storage.read_tail(f"{self._logs_path(task_id)}/stderr.txt", 64 * 1024)
+        except (OSError, StorageError):
+            return ""
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-STDERR_TAIL_LINES:])
+
     def _outputs_path(self, *task_id: str) -> str:
         return "/".join((self.ledger.run_path, "outputs", *task_id))
+
+    def _logs_path(self, task_id: str) -> str:
+        return "/".join((self.ledger.run_path, "logs", task_id))
 
     def _fail_unfinished(self, reason: str) -> None:
         for record in self.ledger.tasks.values():

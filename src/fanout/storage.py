@@ -163,6 +163,16 @@ class Storage:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
+    def read_tail(self, path: str, max_bytes: int) -> bytes:
+        """The last ``max_bytes`` of the file ``path``; nothing if there is no such file."""
+        try:
+            with self.fs.open(path, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(size - max_bytes, 0))
+                return bytes(handle.read())
+        except FileNotFoundError:
+            return b""
+
     def read_json(self, path: str) -> Any:
         with self.fs.open(path, "rb") as handle:
             return json.load(handle)

@@ -29,7 +29,8 @@ QUICK: dict[str, Any] = {
 
 def preflight(client: BatchClient, settings: AzureBatchSettings) -> None:
     """Raise ``BackendError`` unless the account answers, accepts the credential and, when
-    ``settings.pool_id`` is set, has that pool ready to take tasks. Creates nothing.
+    ``settings.pool_id`` is set, has that pool ready to take tasks (or, with ``keep_pool``,
+    lacks it). Creates nothing.
 
     ``settings`` should be resolved (``AzureBatchSettings.with_environment``) so that messages
     name the endpoint and account.
@@ -52,6 +53,8 @@ def preflight(client: BatchClient, settings: AzureBatchSettings) -> None:
     except ClientAuthenticationError as exc:
         raise BackendError(_authentication_failed(account, exc)) from None
     except ResourceNotFoundError:
+        if settings.keep_pool:
+            return  # the run creates it
         raise BackendError(
             f"pool '{settings.pool_id}' does not exist in Batch account {account}"
         ) from None

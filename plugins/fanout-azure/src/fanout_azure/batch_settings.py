@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fanout.errors import BackendError
 from fanout.redact import register_secret
@@ -41,7 +41,12 @@ class AzureBatchSettings(BaseModel):
     vm_size: str = Field(default="standard_d2s_v3", description="The VM size of every node.")
     nodes: int = Field(default=1, ge=0, description="Dedicated nodes in the pool.")
     spot_nodes: int = Field(default=0, ge=0, description="Spot (low-priority) nodes in the pool.")
-    slots: int = Field(default=1, ge=1, description="Task slots per node.")
+    slots: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices("slots", "task_slots_per_node"),
+        description="Task slots per node (also task_slots_per_node, Batch's name).",
+    )
     image: str = Field(
         default="canonical/0001-com-ubuntu-server-jammy/22_04",
         description=(
@@ -50,10 +55,15 @@ class AzureBatchSettings(BaseModel):
         ),
     )
     pool_id: str | None = Field(
-        default=None, description="Run on this existing pool instead of creating one."
+        default=None,
+        description=(
+            "Run on this existing pool instead of an auto-pool; with keep_pool, the name of"
+            " the pool to create if it does not exist."
+        ),
     )
     keep_pool: bool = Field(
-        default=False, description="Keep the pool fanout created after the run."
+        default=False,
+        description="Create the pool pool_id if needed and keep it for later runs.",
     )
     autoscale_formula: str | None = Field(
         default=None,
@@ -62,6 +72,12 @@ class AzureBatchSettings(BaseModel):
     poll_interval: float = Field(
         default=5.0, gt=0, description="Seconds between two polls of the Batch service."
     )
+
+    @model_validator(mode="after")
+    def _kept_pool_has_a_name(self) -> AzureBatchSettings:
+        if self.keep_pool and not self.pool_id:
+            raise ValueError("keep_pool needs pool_id: the name of the pool to keep")
+        return self
 
     @field_validator("image")
     @classmethod

@@ -7,8 +7,15 @@ from collections.abc import Callable
 import click
 
 import fanout
+from fanout.backend import Backend
 from fanout.signing import Signer
+from fanout_azure.batch_backend import AzureBatchBackend
 from fanout_azure.blob_signer import AzureBlobSigner
+
+
+@fanout.hookimpl
+def fanout_register_backends(register: Callable[[type[Backend]], None]) -> None:
+    register(AzureBatchBackend)
 
 
 @fanout.hookimpl

@@ -1,0 +1,361 @@
+"""The azure-batch backend end to end: fanout as a subprocess, the Batch emulator in this
+process (so that the test sees every request it received), the data in Azurite."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azurite import Azurite
+from batch_emulator import Running, make_pool
+from conftest import REPO, load_record, run_fanout, wait_until, write_inputs, write_job
+from fanout_azure.batch_tasks import split_container_url
+from fanout_azure.emulator.command import DEFAULT_ACCOUNT, DEFAULT_KEY
+
+pytestmark = pytest.mark.azurite
+
+EXAMPLE = REPO / "examples" / "topwords" / "job.toml"
+FOOTERS = ("Job:", "Node:", "Pool:")
+
+
+@dataclass
+class Received:
+    """Every request the emulator received, parsed: operation, path, query, headers, body."""
+
+    requests: list[tuple[str, str, Any, dict[str, str], Any]] = field(default_factory=list)
+
+    def operations(self, name: str | None = None) -> list[Any]:
+        return [r for r in self.requests if name is None or r[0] == name]
+
+    def count(self, name: str) -> int:
+        return len(self.operations(name))
+
+    def bodies(self, name: str) -> list[Any]:
+        return [request[4] for request in self.operations(name)]
+
+
+@pytest.fixture
+def received(batch: Running) -> Received:
+    """Record what each operation of ``batch`` receives."""
+    seen = Received()
+    operations = batch.emulator.operations
+
+    def recording(name: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def record(request: Any) -> Any:
+            seen.requests.append((name, request.path, request.query, request.headers, request.body))
+            return handler(request)
+
+        return record
+
+    for name, handler in list(operations.items()):
+        operations[name] = recording(name, handler)
+    return seen
+
+
+@pytest.fixture
+def batch_env(batch: Running, azurite: Azurite, tmp_path: Path) -> dict[str, str]:
+    return {
+        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "AZURE_BATCH_ENDPOINT": batch.endpoint,
+        "AZURE_BATCH_ACCOUNT": DEFAULT_ACCOUNT,
+        "AZURE_BATCH_ACCESS_KEY": DEFAULT_KEY,
+        "FANOUT_AZURE_BATCH_POLL_INTERVAL": "0.2",
+        "FANOUT_LOCAL_ROOT": str(tmp_path / "nodes"),
+    }
+
+
+def on_batch(
+    job_file: Path, container: str, env: dict[str, str], *options: Any
+) -> subprocess.CompletedProcess[str]:
+    return run_fanout(
+        "run", job_file, "--backend", "azure-batch", "--storage", f"az://{container}/runs",
+        *options, cwd=job_file.parent, env=env,
+    )  # fmt: skip
+
+
+def outputs(directory: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(directory)): "\n".join(
+            line for line in path.read_text().splitlines() if not line.startswith(FOOTERS)
+        )
+        for path in sorted(directory.rglob("*_OUTPUT.txt"))
+    }
+
+
+def nothing_left(batch: Running) -> bool:
+    """No job, and no pool that is not on its way out."""
+    client = batch.client()
+    jobs = list(client.list_jobs())
+    pools = [pool for pool in client.list_pools() if pool.state != "deleting"]
+    return not jobs and not pools
+
+
+def mentions_sas(value: Any) -> bool:
+    return "sig=" in json.dumps(value)
+
+
+def test_split_container_url() -> None:
+    assert split_container_url("https://acct.blob.core.windows.net/c/a/b?sv=1&sig=x") == (
+        "https://acct.blob.core.windows.net/c?sv=1&sig=x",
+        "a/b",
+    )
+    assert split_container_url("http://127.0.0.1:10000/devstoreaccount1/c/a%20b/?sig=x") == (
+        "http://127.0.0.1:10000/devstoreaccount1/c?sig=x",
+        "a b",
+    )
+
+
+def test_example_gives_the_local_outputs_with_no_secret_in_any_task(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    tmp_path: Path,
+) -> None:
+    local = run_fanout(
+        "run", EXAMPLE, "--storage", tmp_path / "store", "--out", tmp_path / "local",
+        cwd=tmp_path, env=batch_env,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr + local.stdout
+    result = on_batch(EXAMPLE, azure_container, batch_env, "--out", tmp_path / "batch")
+    assert result.returncode == 0, result.stderr + result.stdout
+    expected = outputs(tmp_path / "local")
+    assert len(expected) == 3
+    assert outputs(tmp_path / "batch") == expected
+
+    record = load_record(tmp_path / "batch")
+    assert record["backend"] == "azure-batch"
+    assert record["leftovers"] == []
+    assert all(task["state"] == "succeeded" and task["node"] for task in record["tasks"])
+
+    (job,) = received.bodies("Jobs_CreateJob")
+    assert job["id"] == record["job_ids"][0]
+    assert job["constraints"]["maxWallClockTime"] == "P1D"  # the default budget
+    assert {"name": "fanout-run", "value": record["run_id"]} in job["metadata"]
+    auto_pool = job["poolInfo"]["autoPoolSpecification"]
+    assert auto_pool["poolLifetimeOption"] == "job"
+    start_task = auto_pool["pool"]["startTask"]
+    assert start_task["waitForSuccess"] is True
+    assert all(mentions_sas(file) for file in start_task["resourceFiles"])
+    assert not mentions_sas(start_task["commandLine"])
+    # The job ends by itself once its tasks are in, even if fanout dies now.
+    (update,) = received.bodies("Jobs_UpdateJob")
+    assert update == {"onAllTasksComplete": "terminatejob"}
+    assert received.operations()[-1][0] != "Tasks_CreateTaskCollection"
+
+    tasks = [
+        task for body in received.bodies("Tasks_CreateTaskCollection") for task in body["value"]
+    ]
+    assert len(tasks) == 3
+    for task in tasks:
+        assert task["commandLine"].startswith("/bin/sh -c ")
+        assert not mentions_sas(task["commandLine"])
+        assert not mentions_sas(task.get("environmentSettings", []))
+        assert all(mentions_sas(file) for file in task["resourceFiles"])
+        assert task["constraints"]["maxTaskRetryCount"] == 1
+        assert task["constraints"]["maxWallClockTime"] in ("PT2M", "PT02M00S")  # the SDK's way
+
+    # The account key never travels; SharedKey sends a signature made with it.
+    assert DEFAULT_KEY not in json.dumps(received.requests, default=str)
+    assert nothing_left(batch)
+
+
+def test_250_tasks_cost_few_requests(
+    batch: Running, received: Received, batch_env: dict[str, str], azure_container: str
+) -> None:
+    job_dir = Path(batch_env["FANOUT_LOCAL_ROOT"]).parent / "many"
+    write_inputs(job_dir, {f"in{n:03}.txt": str(n) for n in range(250)})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "many",
+                "inputs": ["*.txt"],
+                "command": "cp {input} {input_stem}.out",
+                "outputs": ["*.out"],
+            },
+            "backends.azure-batch": {"nodes": 2, "slots": 8},
+        },
+    )
+    result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert len(list((job_dir / "out").rglob("*.out"))) == 250
+
+    assert received.count("Tasks_CreateTaskCollection") <= 3
+    polls = received.count("Jobs_GetJobTaskCounts")
+    listings = received.count("Tasks_ListTasks")
+    assert listings <= 2 * polls + 2, (listings, polls)  # listing is per poll, not per task
+    assert received.count("Tasks_GetTask") == 0
+    assert nothing_left(batch)
+
+
+def test_a_setup_failure_is_reported_with_its_stderr(
+    batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
+) -> None:
+    write_inputs(job_dir, {"a.txt": "a"})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "badsetup",
+                "inputs": ["*.txt"],
+                "setup": ["echo 'no such package: frobnicate' >&2", "exit 3"],
+                "command": "cp {input} out.txt",
+                "outputs": ["out.txt"],
+            }
+        },
+    )
+    result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    assert result.returncode == 1, result.stderr + result.stdout
+    (task,) = load_record(job_dir / "out")["tasks"]
+    assert task["state"] == "failed"
+    assert "setup failed" in task["error"] and "exit code 3" in task["error"]
+    assert "no such package: frobnicate" in task["error"]
+    assert "Traceback" not in result.stderr
+    assert nothing_left(batch)
+
+
+def test_a_failing_task_is_retried_then_reported(
+    batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
+) -> None:
+    write_inputs(job_dir, {"good.txt": "fine", "bad.txt": "broken"})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "flaky",
+                "inputs": ["*.txt"],
+                "command": (
+                    "if grep -q broken {input}; then echo 'cannot parse {input_name}' >&2;"
+                    " exit 4; fi; cp {input} {input_stem}.out"
+                ),
+                "outputs": ["*.out"],
+                "retries": 2,
+            }
+        },
+    )
+    result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    assert result.returncode == 1, result.stderr + result.stdout
+    tasks = {task["id"]: task for task in load_record(job_dir / "out")["tasks"]}
+    assert tasks["good"]["state"] == "succeeded" and tasks["good"]["attempts"] == 1
+    bad = tasks["bad"]
+    assert bad["state"] == "failed"
+    assert bad["attempts"] == 3
+    assert bad["exit_code"] == 4
+    assert "FailureExitCode" in bad["error"]
+    assert "cannot parse bad.txt" in bad["stderr_tail"], result.stderr
+    assert "bad" in result.stdout
+    assert nothing_left(batch)
+
+
+def test_ctrl_c_leaves_nothing_the_run_created(
+    batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
+) -> None:
+    client = batch.client()
+    make_pool(client, "someone-elses")
+    write_inputs(job_dir, {f"t{n}.txt": str(n) for n in range(4)})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "interrupted",
+                "inputs": ["*.txt"],
+                "command": "sleep 300",
+                "outputs": ["*.out"],
+            }
+        },
+    )
+    command = [sys.executable, "-m", "fanout", "run", "job.toml", "--backend", "azure-batch"]
+    command += ["--storage", f"az://{azure_container}/runs", "--out", "out"]
+    run = subprocess.Popen(
+        command,
+        cwd=job_dir,
+        env={**_environ(), **batch_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: _running_tasks(batch) >= 1)
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr + stdout
+    assert "Traceback" not in stderr
+    assert [job.id for job in client.list_jobs()] == []
+    pools = {pool.id: pool.state for pool in client.list_pools()}
+    assert pools.pop("someone-elses") == "active"  # never anything it did not create
+    assert all(state == "deleting" for state in pools.values())
+    record = load_record(job_dir / "out")
+    assert record["status"] == "interrupted"
+    assert record["leftovers"] == []
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _running_tasks(batch: Running) -> int:
+    client = batch.client()
+    jobs = list(client.list_jobs())
+    return sum(client.get_job_task_counts(job.id).task_counts.running for job in jobs)
+
+
+def test_reusing_a_pool_creates_none(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+) -> None:
+    make_pool(batch.client(), "shared", nodes=1, slots=2)
+    received.requests.clear()
+    write_inputs(job_dir, {"a.txt": "alpha", "b.txt": "beta"})
+    app = job_dir / "tool.sh"
+    app.write_text('tr a-z A-Z < "$1"\n')
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "reuse",
+                "inputs": ["*.txt"],
+                "app": ["tool.sh"],
+                "command": "sh $FANOUT_APP_DIR/tool.sh {input} > {input_stem}.out",
+                "outputs": ["*.out"],
+            },
+            "backends.azure-batch": {"pool_id": "shared"},
+        },
+    )
+    result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (job_dir / "out" / "a" / "a.out").read_text() == "ALPHA"
+    assert received.count("Pools_CreatePool") == 0
+    (job,) = received.bodies("Jobs_CreateJob")
+    assert job["poolInfo"] == {"poolId": "shared"}
+    assert [pool.id for pool in batch.client().list_pools()] == ["shared"]
+    assert list(batch.client().list_jobs()) == []
+
+
+def test_a_wrong_key_exits_2_having_created_nothing(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    azurite: Azurite,
+    tmp_path: Path,
+) -> None:
+    env = {**batch_env, "AZURE_BATCH_ACCESS_KEY": "d3JvbmcK" + DEFAULT_KEY[8:]}
+    result = on_batch(EXAMPLE, azure_container, env, "--out", tmp_path / "out")
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert result.stderr.count("\n") == 1 and "authentication failed" in result.stderr
+    assert all(name.endswith(("_GetPool", "_ListPools")) for name, *_ in received.requests)
+    with azurite.blob_service() as service:
+        assert list(service.get_container_client(azure_container).list_blobs()) == []
+    assert not (tmp_path / "out").exists()
