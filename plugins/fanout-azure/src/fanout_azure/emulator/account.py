@@ -428,6 +428,50 @@ class Account:
                 task.execution["failureInfo"] = TERMINATED_BY_USER
                 task.cancel.set()
 
+    def delete_task(
+        self,
+        job_id: str,
+        task_id: str,
+        condition: Callable[[Task], BatchError | None] | None = None,
+    ) -> None:
+        """``Tasks_DeleteTask`` of a task whose ``condition`` (If-Match...) holds, in a job that
+        is not completed, terminating or deleting (409 then). The task leaves its job's listings
+        and counts at once; a running one is ended as terminate ends it (its process group), and
+        this returns once its process is gone and its directory on the node removed. A job that
+        ends with its tasks then completes if every task left is completed."""
+        with self._lock:
+            job = self.job(job_id)
+            if job.state in _JOB_CONFLICTS:
+                raise _job_conflict(job)
+            task = self.task(job_id, task_id)
+            failure = condition(task) if condition is not None else None
+            if failure is not None:
+                raise failure
+            del job.tasks[task.id.casefold()]
+            with contextlib.suppress(ValueError):  # only an active task waits for a slot
+                self._pending[job.id.casefold()].remove(task)
+            if task.state != "completed":
+                job.incomplete -= 1
+            task.deleted = True
+            if task.node is not None:
+                task.cancel.set()
+            job.touch()
+        while True:
+            with self._lock:
+                if task.node is None:
+                    break
+            time.sleep(0.02)
+        with self._lock:
+            node = task.last_node
+            # task_dir creates what is missing: not for a node removed meanwhile, nor for a task
+            # of the same id added since
+            gone = task.id.casefold() not in job.tasks
+            if node is not None and gone and node.paths.root.is_dir():
+                shutil.rmtree(node.paths.task_dir(task.job_id, task.id), ignore_errors=True)
+            if self._all_tasks_done(job):
+                self._terminate(job, "AllTasksComplete")
+        self._wake.set()
+
     def task_counts(self, job_id: str) -> dict[str, Any]:
         with self._lock:
             tasks = list(self.job(job_id).tasks.values())
@@ -509,6 +553,9 @@ class Account:
             if node.running_slots == 0 and node.state == "running":
                 node.set_state("idle")
             task.node = None
+            if task.deleted:  # gone from its job already: nothing to record
+                self._wake.set()
+                return
             if task.cancel.is_set() and "failureInfo" not in task.execution:
                 if job.state == "active":  # its node went away: run it again elsewhere
                     task.requeues += 1

@@ -1,4 +1,9 @@
-"""``fanout batch-emulator``: serve the emulator until SIGINT or SIGTERM."""
+"""``fanout batch-emulator``: serve the emulator until SIGINT or SIGTERM.
+
+``--busy-every N`` injects faults for clients' retry tests: every N-th request (counted over all
+requests) is answered 503 ``ServerBusy`` with ``Retry-After: 1`` and not executed; the request
+log shows each such refusal with status 503.
+"""
 
 from __future__ import annotations
 
@@ -34,14 +39,42 @@ DEFAULT_PORT = 10100
     type=click.File("a"),
     help="Append one line per request: METHOD PATH STATUS.",
 )
+@click.option(
+    "--busy-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Fault injection for retry tests: answer every Nth request (counted over all requests)"
+    " 503 ServerBusy with Retry-After: 1, without executing it; such refusals appear in the"
+    " request log with status 503. 0: never.",
+)
 def batch_emulator(
-    host: str, port: int, account: str, key: str, root: Path | None, request_log: Any
+    host: str,
+    port: int,
+    account: str,
+    key: str,
+    root: Path | None,
+    request_log: Any,
+    busy_every: int,
 ) -> None:
-    """Serve an Azure Batch emulator (REST API 2025-06-01) until SIGINT or SIGTERM."""
+    """Serve an Azure Batch emulator (REST API 2025-06-01) until SIGINT or SIGTERM.
+
+    With --busy-every N, every Nth request is refused 503 ServerBusy (Retry-After: 1) unexecuted,
+    so that a client's retries can be tested.
+    """
     from fanout_azure.emulator.server import BatchEmulator  # the spec loads: only when serving
 
     with tempfile.TemporaryDirectory(prefix="fanout-batch-emulator-") as scratch:
-        emulator = BatchEmulator(host, port, account, key, root or Path(scratch), request_log)
+        emulator = BatchEmulator(
+            host,
+            port,
+            account,
+            key,
+            root or Path(scratch),
+            request_log,
+            busy_every=busy_every,
+        )
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())

@@ -250,6 +250,8 @@ class Task(Versioned):
     node: Node | None = None
     last_node: Node | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    deleted: bool = False
+    """Deleted while it ran: its attempt ends without a result, the task is gone already."""
 
     def set_state(self, state: str) -> None:
         if state != self.state:

@@ -4,6 +4,12 @@ Every request is authenticated with SharedKey as the service does it, matched to
 the official description, and its body validated against that description before an operation
 runs; what the emulator does not implement gets a Batch-shaped error. Answers carry the headers
 the service sends (``request-id``, ``ETag``, ``Last-Modified``, ...).
+
+Fault injection for clients' retry tests: with ``busy_every=N`` (``fanout batch-emulator
+--busy-every N``), N > 0, every N-th request, counted over all requests, is answered 503
+``ServerBusy`` with ``Retry-After: 1`` and not executed (not even authenticated). Such a refusal is
+logged like any answer (``METHOD PATH 503`` in the request log) and reported to the observer with
+an empty operationId. See ``faults``.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from fanout_azure.emulator.errors import (
     authentication_failed,
     body_too_large,
     invalid_request,
+    server_busy,
     unsupported,
 )
-from fanout_azure.emulator.model import Job
+from fanout_azure.emulator.faults import RETRY_AFTER_S, BusyEvery
+from fanout_azure.emulator.model import Job, Task
 from fanout_azure.emulator.odata import parse_filter, select
 from fanout_azure.emulator.spec import Operation, match, request_error
 
@@ -78,11 +86,14 @@ class BatchEmulator:
         root: Path,
         request_log: TextIO | None = None,
         observer: Callable[[str, str, int, Any], None] | None = None,
+        busy_every: int = 0,
     ) -> None:
         self.key = key
         self.request_log = request_log
         self.observer = observer
         """Called with (operationId or "", path, status, JSON body) for every answer."""
+        self.busy = BusyEvery(busy_every)
+        """Every ``busy_every``-th request is refused 503 ``ServerBusy`` unexecuted (0: none)."""
         self._log_lock = threading.Lock()
         handler = _handler_for(self)
         self.httpd = ThreadingHTTPServer((host, port), handler)
@@ -145,6 +156,8 @@ def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
             self.operation_id = ""
             self.request_id = str(uuid.uuid4())
             try:
+                if emulator.busy.refuse():
+                    raise server_busy(RETRY_AFTER_S)
                 reply = self._answer(method, parts.path, query, raw_body)
             except BatchError as error:
                 reply = Reply(error.status, error.body(self.request_id), error.headers)
@@ -409,6 +422,15 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         account.terminate_task(path(request, "jobId"), path(request, "taskId"))
         return Reply(204)
 
+    def delete_task(request: Request) -> Reply:
+        """200 with no body and only the standard headers, as the recorded deletes answer."""
+
+        def condition(task: Task) -> BatchError | None:
+            return conditions.check(request.headers, task.etag, task.modified)
+
+        account.delete_task(path(request, "jobId"), path(request, "taskId"), condition)
+        return Reply(200)
+
     def list_task_files(request: Request) -> Reply:
         return list_files(request, _task_directory(account, request))
 
@@ -456,6 +478,7 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         "Tasks_ListTasks": list_tasks,
         "Tasks_GetTask": get_task,
         "Tasks_TerminateTask": terminate_task,
+        "Tasks_DeleteTask": delete_task,
         "Tasks_ListTaskFiles": list_task_files,
         "Tasks_GetTaskFile": get_task_file,
         "Tasks_GetTaskFileProperties": get_task_file,
