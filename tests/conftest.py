@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from azurite import Azurite, start_azurite
 from batch_emulator import Running, running_emulator
+from fanout_azure.emulator.command import DEFAULT_ACCOUNT, DEFAULT_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 TOPWORDS = REPO / "node_task" / "topwords.py"
@@ -129,3 +130,35 @@ def batch(tmp_path: Path) -> Iterator[Running]:
     """A Batch emulator for one test (see tests/batch_emulator.py)."""
     with running_emulator(tmp_path) as running:
         yield running
+
+
+@pytest.fixture
+def received(batch: Running) -> Any:
+    """Record what each operation of ``batch`` receives."""
+    from batch_runs import Received
+
+    seen = Received()
+    operations = batch.emulator.operations
+
+    def recording(name: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def record(request: Any) -> Any:
+            seen.requests.append((name, request.path, request.query, request.headers, request.body))
+            return handler(request)
+
+        return record
+
+    for name, handler in list(operations.items()):
+        operations[name] = recording(name, handler)
+    return seen
+
+
+@pytest.fixture
+def batch_env(batch: Running, azurite: Azurite, tmp_path: Path) -> dict[str, str]:
+    return {
+        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "AZURE_BATCH_ENDPOINT": batch.endpoint,
+        "AZURE_BATCH_ACCOUNT": DEFAULT_ACCOUNT,
+        "AZURE_BATCH_ACCESS_KEY": DEFAULT_KEY,
+        "FANOUT_AZURE_BATCH_POLL_INTERVAL": "0.2",
+        "FANOUT_LOCAL_ROOT": str(tmp_path / "nodes"),
+    }

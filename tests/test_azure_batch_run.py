@@ -7,77 +7,21 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azurite import Azurite
 from batch_emulator import Running, make_pool
+from batch_runs import Received, nothing_left, on_batch
 from conftest import REPO, load_record, run_fanout, wait_until, write_inputs, write_job
 from fanout_azure.batch_tasks import split_container_url
-from fanout_azure.emulator.command import DEFAULT_ACCOUNT, DEFAULT_KEY
+from fanout_azure.emulator.command import DEFAULT_KEY
 
 pytestmark = pytest.mark.azurite
 
 EXAMPLE = REPO / "examples" / "topwords" / "job.toml"
 FOOTERS = ("Job:", "Node:", "Pool:")
-
-
-@dataclass
-class Received:
-    """Every request the emulator received, parsed: operation, path, query, headers, body."""
-
-    requests: list[tuple[str, str, Any, dict[str, str], Any]] = field(default_factory=list)
-
-    def operations(self, name: str | None = None) -> list[Any]:
-        return [r for r in self.requests if name is None or r[0] == name]
-
-    def count(self, name: str) -> int:
-        return len(self.operations(name))
-
-    def bodies(self, name: str) -> list[Any]:
-        return [request[4] for request in self.operations(name)]
-
-
-@pytest.fixture
-def received(batch: Running) -> Received:
-    """Record what each operation of ``batch`` receives."""
-    seen = Received()
-    operations = batch.emulator.operations
-
-    def recording(name: str, handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def record(request: Any) -> Any:
-            seen.requests.append((name, request.path, request.query, request.headers, request.body))
-            return handler(request)
-
-        return record
-
-    for name, handler in list(operations.items()):
-        operations[name] = recording(name, handler)
-    return seen
-
-
-@pytest.fixture
-def batch_env(batch: Running, azurite: Azurite, tmp_path: Path) -> dict[str, str]:
-    return {
-        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
-        "AZURE_BATCH_ENDPOINT": batch.endpoint,
-        "AZURE_BATCH_ACCOUNT": DEFAULT_ACCOUNT,
-        "AZURE_BATCH_ACCESS_KEY": DEFAULT_KEY,
-        "FANOUT_AZURE_BATCH_POLL_INTERVAL": "0.2",
-        "FANOUT_LOCAL_ROOT": str(tmp_path / "nodes"),
-    }
-
-
-def on_batch(
-    job_file: Path, container: str, env: dict[str, str], *options: Any
-) -> subprocess.CompletedProcess[str]:
-    return run_fanout(
-        "run", job_file, "--backend", "azure-batch", "--storage", f"az://{container}/runs",
-        *options, cwd=job_file.parent, env=env,
-    )  # fmt: skip
 
 
 def outputs(directory: Path) -> dict[str, str]:
@@ -87,14 +31,6 @@ def outputs(directory: Path) -> dict[str, str]:
         )
         for path in sorted(directory.rglob("*_OUTPUT.txt"))
     }
-
-
-def nothing_left(batch: Running) -> bool:
-    """No job, and no pool that is not on its way out."""
-    client = batch.client()
-    jobs = list(client.list_jobs())
-    pools = [pool for pool in client.list_pools() if pool.state != "deleting"]
-    return not jobs and not pools
 
 
 def mentions_sas(value: Any) -> bool:

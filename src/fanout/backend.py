@@ -195,6 +195,15 @@ class Backend(abc.ABC):
     def teardown(self, keep: bool = False) -> None:
         """Release what ``provision`` created. ``keep`` asks to keep it for inspection."""
 
+    @classmethod
+    def clean(
+        cls, settings: BaseModel, job_dir: Path, *, dry_run: bool, everything: bool
+    ) -> list[str]:
+        """For ``fanout clean``: find what earlier runs left on this backend — only what
+        carries fanout's marks — and delete it unless ``dry_run``. ``everything`` also takes
+        what may still be in use or was kept on purpose. One line per item found."""
+        return []
+
     def leftovers(self) -> list[str]:
         """After ``teardown``: what this run created and did not remove (kept on purpose, or
         failed to delete), one line each, for the run record."""

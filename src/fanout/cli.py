@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fanout.errors import ExitCode, FanoutError
-from fanout.plugins import backends, get_plugin_manager
-from fanout.prepare import RunOptions, prepare
+from fanout.plugins import backends, get_backend, get_plugin_manager
+from fanout.prepare import RunOptions, backend_settings, prepare
 from fanout.progress import make_reporter, print_plan
 from fanout.redact import redact
 from fanout.scheduler import Interrupted, interruptible, run
@@ -110,6 +110,35 @@ def backends_command() -> None:
                 name, entry.distribution, entry.version, description[0] if description else ""
             )
         Console().print(table)
+
+
+@cli.command(name="clean")
+@click.argument("job_file", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--backend", required=True, help="The backend to clean up after.")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Also what may still be in use (runs in progress elsewhere stop) or was kept.",
+)
+def clean_command(job_file: Path | None, backend: str, dry_run: bool, everything: bool) -> None:
+    """Delete what interrupted or killed runs left on a backend, and nothing else.
+
+    Only resources carrying fanout's marks are touched. JOB_FILE supplies the backend's
+    settings ([backends.NAME]); without it they come from the environment.
+    """
+    with _user_errors(), interruptible():
+        job = load_job(job_file) if job_file is not None else None
+        backend_cls = get_backend(backend, get_plugin_manager())
+        settings = backend_settings(backend_cls, job, RunOptions(backend=backend))
+        job_dir = job.directory if job is not None else Path.cwd()
+        found = backend_cls.clean(settings, job_dir, dry_run=dry_run, everything=everything)
+        verb = "would delete" if dry_run else "deleted"
+        for item in found:
+            click.echo(f"{verb} {item}")
+        if not found:
+            click.echo(f"nothing to clean on backend {backend}")
 
 
 @contextmanager

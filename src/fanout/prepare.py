@@ -93,14 +93,15 @@ def apply_overrides(job: Job, options: RunOptions) -> Job:
     return Job(path=job.path, spec=validate_job(raw, source=str(job.path)))
 
 
-def backend_settings(backend_cls: type[Backend], job: Job, options: RunOptions) -> BaseModel:
-    """The backend's settings: the job file's table, then the environment, then ``--slots``.
+def backend_settings(backend_cls: type[Backend], job: Job | None, options: RunOptions) -> BaseModel:
+    """The backend's settings: the job file's table (if there is a job file), then the
+    environment, then ``--slots``.
 
     A field ``slots`` of backend ``local`` is read from ``FANOUT_LOCAL_SLOTS``.
     """
     name = backend_cls.name
     model = backend_cls.settings_model
-    values: dict[str, Any] = dict(job.spec.backends.get(name, {}))
+    values: dict[str, Any] = dict(job.spec.backends.get(name, {})) if job is not None else {}
     sources: dict[str, str] = {}  # where a value that is not from the job file came from
     prefix = "FANOUT_" + name.upper().replace("-", "_") + "_"
     for field_name in model.model_fields:
@@ -120,7 +121,7 @@ def backend_settings(backend_cls: type[Backend], job: Job, options: RunOptions) 
         if field_name in sources:
             source = sources[field_name]
             raise FanoutError(f"{source}: {exc.errors()[0]['msg']}") from None
-        source = str(job.path)
+        source = str(job.path) if job is not None else "the environment"
         raise JobFileError(format_validation_error(exc, source, ("backends", name))) from None
 
 

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
@@ -74,6 +75,8 @@ class AzureBatchBackend(Backend):
         self._harvest: list[TaskUpdate] = []
         self._task_app_files: tuple[ResourceFile, ...] = ()
         self._pool_env: dict[str, str] = {}
+        self._new_job: Any = None
+        self._pool_id: str | None = None
         self._monitor: TaskMonitor | None = None
         self._nodes: NodeWatcher | None = None
         self._status: str | None = None
@@ -123,26 +126,29 @@ class AzureBatchBackend(Backend):
         return set()
 
     def provision(self, pool: PoolSpec) -> None:
+        """Make the pool ready (or describe the auto-pool); the job itself is created with
+        the first tasks, so that a resumed run with nothing left to run creates none."""
         from azure.batch import models as m
 
         self._pool_env = dict(pool.env)
-        settings = self._settings
-        pool_info, pool_id = self._pool_for(pool)
-        if not self._job_exists:
-            job = m.BatchJobCreateOptions(
-                id=self.job_id,
-                pool_info=pool_info,
-                constraints=m.BatchJobConstraints(
-                    max_wall_clock_time=timedelta(seconds=self.context.budget_s)
-                ),
-                metadata=metadata(self.context.run_id),
-            )
-            self.client.create_job(job)
-            self._job_exists = True
+        pool_info, self._pool_id = self._pool_for(pool)
+        if self._job_exists:
+            self._watch()
+            return
+        self._new_job = m.BatchJobCreateOptions(
+            id=self.job_id,
+            pool_info=pool_info,
+            constraints=m.BatchJobConstraints(
+                max_wall_clock_time=timedelta(seconds=self.context.budget_s)
+            ),
+            metadata=metadata(self.context.run_id),
+        )
+
+    def _watch(self) -> None:
         self._monitor = TaskMonitor(self.client, self.job_id)
-        self._monitor.adopt({update.task_id for update in self._harvest})
-        self._nodes = NodeWatcher(self.client, self.job_id, pool_id)
-        log.info("job %s on %s", self.job_id, pool_id or f"an auto-pool of {settings.vm_size}")
+        self._nodes = NodeWatcher(self.client, self.job_id, self._pool_id)
+        where = self._pool_id or f"an auto-pool of {self._settings.vm_size}"
+        log.info("job %s on %s", self.job_id, where)
 
     def _pool_for(self, pool: PoolSpec) -> tuple[Any, str | None]:
         """The job's pool information, and the pool's id when it is not an auto-pool."""
@@ -165,7 +171,9 @@ class AzureBatchBackend(Backend):
         except ResourceNotFoundError:
             if not settings.keep_pool:
                 raise BackendError(f"pool '{pool_id}' no longer exists") from None
-            spec = pool_specification(settings, self._resolved_image(), pool, self.context.run_id)
+            spec = pool_specification(
+                settings, self._resolved_image(), pool, self.context.run_id, kept=True
+            )
             create_named_pool(self.client, pool_id, spec)
             self._created_pool, in_shared_dir = pool_id, True
         if not in_shared_dir:
@@ -180,19 +188,23 @@ class AzureBatchBackend(Backend):
         return self._image
 
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
-        """Add the tasks, then let the job end when they have all completed."""
+        """Add the tasks (creating the job first), then let the job end when they have all
+        completed."""
         from azure.batch.models import CreateTasksError
 
+        if not tasks:
+            return
+        if not self._job_exists:
+            self.client.create_job(self._new_job)
+            self._job_exists = True
+            self._watch()
         batch_tasks = [
             batch_task(task, self.job_id, self._pool_env, self._task_app_files) for task in tasks
         ]
-        if batch_tasks:
-            try:
-                self.client.create_tasks(
-                    self.job_id, batch_tasks, max_concurrency=SUBMIT_CONCURRENCY
-                )
-            except CreateTasksError as exc:
-                raise BackendError(_submission_failure(exc)) from None
+        try:
+            self.client.create_tasks(self.job_id, batch_tasks, max_concurrency=SUBMIT_CONCURRENCY)
+        except CreateTasksError as exc:
+            raise BackendError(_submission_failure(exc)) from None
         self._set_termination(self.job_id, "terminatejob")
 
     def _set_termination(self, job_id: str, mode: str) -> None:
@@ -202,9 +214,9 @@ class AzureBatchBackend(Backend):
 
     def poll(self, timeout: float) -> list[TaskUpdate]:
         """Ask the service at most once per ``poll_interval``, however often this is called."""
-        assert self._monitor is not None and self._nodes is not None
         updates, self._harvest = self._harvest, []
-        if updates:
+        if updates or self._monitor is None or self._nodes is None:
+            time.sleep(0 if updates else max(timeout, 0))
             return updates
         wait = self._next_poll - time.monotonic()
         if wait > timeout:
@@ -263,6 +275,15 @@ class AzureBatchBackend(Backend):
             self._leftovers.append(f"{what} (delete failed; fanout clean removes it)")
         except TimeoutError:
             self._leftovers.append(f"{what} (still being deleted)")
+
+    @classmethod
+    def clean(
+        cls, settings: BaseModel, job_dir: Path, *, dry_run: bool, everything: bool
+    ) -> list[str]:
+        from fanout_azure.batch_clean import clean
+
+        assert isinstance(settings, AzureBatchSettings)
+        return clean(settings, dry_run=dry_run, everything=everything)
 
     def leftovers(self) -> list[str]:
         return list(self._leftovers)

@@ -37,14 +37,6 @@ class TaskMonitor:
         self._newest: datetime | None = None
         """The latest stateTransitionTime of a completed task seen; None: list them all."""
 
-    @property
-    def finished(self) -> int:
-        return len(self._finished)
-
-    def adopt(self, task_ids: set[str]) -> None:
-        """Report nothing more for these tasks (finished before this monitor started)."""
-        self._finished |= task_ids
-
     def poll(self) -> list[TaskUpdate]:
         counts = self.client.get_job_task_counts(self.job_id).task_counts
         running, completed = counts.running, counts.completed

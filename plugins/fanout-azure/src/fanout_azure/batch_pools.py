@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 RUN_KEY = "fanout-run"
 """Metadata naming the run that created a job or pool: what ``fanout clean`` looks for."""
+KEEP_KEY = "fanout-keep"
+"""Metadata on a pool kept for later runs (``keep_pool``): ``fanout clean`` leaves it alone
+unless asked for ``--all``."""
 SETUP_KEY = "fanout-setup"
 """Metadata on a pool fanout created: the fingerprint of its app files and setup."""
 STDERR_TAIL_LINES = 20
@@ -50,7 +53,11 @@ def metadata(run_id: str, **extra: str) -> list[Any]:
 
 
 def pool_specification(
-    settings: AzureBatchSettings, image: tuple[Any, str], pool: PoolSpec, run_id: str
+    settings: AzureBatchSettings,
+    image: tuple[Any, str],
+    pool: PoolSpec,
+    run_id: str,
+    kept: bool = False,
 ) -> Any:
     """The pool fanout creates: its nodes, and a start task that brings the app and runs setup."""
     from azure.batch import models as m
@@ -79,7 +86,11 @@ def pool_specification(
             wait_for_success=True,
             max_task_retry_count=0,
         ),
-        metadata=metadata(run_id, **{SETUP_KEY: setup_fingerprint(pool)}),
+        metadata=metadata(
+            run_id,
+            **{SETUP_KEY: setup_fingerprint(pool)},
+            **({KEEP_KEY: "true"} if kept else {}),
+        ),
     )
     if settings.autoscale_formula:
         spec.enable_auto_scale = True
@@ -91,11 +102,10 @@ def pool_specification(
 
 
 def create_named_pool(client: BatchClient, pool_id: str, spec: Any) -> None:
-    """Create the pool ``spec`` describes under the name ``pool_id``."""
+    """Create the pool ``spec`` (a pool specification) describes, named ``pool_id``."""
     from azure.batch import models as m
 
-    fields = {name: getattr(spec, name) for name in spec if getattr(spec, name) is not None}
-    client.create_pool(m.BatchPoolCreateOptions(id=pool_id, **fields))
+    client.create_pool(m.BatchPoolCreateOptions({**spec.as_dict(), "id": pool_id}))
 
 
 def reuse_pool(

@@ -1,0 +1,71 @@
+"""``fanout clean --backend azure-batch``: what runs left in the Batch account, and only that.
+
+A job or pool is fanout's when its metadata names the run that created it (``fanout-run``).
+By default only what no run can still be using goes: jobs that have ended, and pools fanout
+created that no active fanout job runs on, except those kept on purpose (``keep_pool``).
+``--all`` also stops and deletes active jobs (a run still in progress elsewhere stops) and
+kept pools.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from fanout.errors import BackendError
+from fanout_azure.batch_pools import KEEP_KEY, RUN_KEY
+from fanout_azure.batch_preflight import preflight
+from fanout_azure.batch_settings import AzureBatchSettings, batch_client
+from fanout_azure.batch_tasks import wire_value
+
+if TYPE_CHECKING:
+    from azure.batch import BatchClient
+
+DELETE_TIMEOUT_S = 300
+
+
+def clean(settings: AzureBatchSettings, *, dry_run: bool, everything: bool) -> list[str]:
+    """Delete (unless ``dry_run``) fanout's leftovers; one line per item found."""
+    from azure.core.exceptions import HttpResponseError
+
+    resolved = settings.with_environment(os.environ)
+    client = batch_client(resolved, os.environ)
+    preflight(client, resolved.model_copy(update={"pool_id": None}))
+    try:
+        return _clean(client, dry_run=dry_run, everything=everything)
+    except HttpResponseError as exc:
+        raise BackendError(f"Batch account {resolved.account_label()}: {exc.message}") from None
+
+
+def _clean(client: BatchClient, *, dry_run: bool, everything: bool) -> list[str]:
+    found: list[str] = []
+    jobs = [job for job in client.list_jobs() if RUN_KEY in _marks(job)]
+    in_use: set[str] = set()
+    for job in jobs:
+        state = wire_value(job.state)
+        if state == "deleting":
+            continue
+        pool_id = job.execution_info.pool_id if job.execution_info is not None else None
+        if state in ("active", "disabled") and not everything:
+            if pool_id:
+                in_use.add(pool_id)
+            continue
+        found.append(f"job {job.id} ({state}, run {_marks(job)[RUN_KEY]})")
+        if not dry_run:
+            client.begin_delete_job(job.id, polling_interval=1).result(timeout=DELETE_TIMEOUT_S)
+    for pool in client.list_pools():
+        marks = _marks(pool)
+        state = wire_value(pool.state)
+        if RUN_KEY not in marks or state == "deleting" or pool.id in in_use:
+            continue
+        if KEEP_KEY in marks and not everything:
+            continue
+        kept = " kept with keep_pool" if KEEP_KEY in marks else ""
+        found.append(f"pool {pool.id}{kept} (run {marks[RUN_KEY]})")
+        if not dry_run:
+            client.begin_delete_pool(pool.id, polling_interval=1)
+    return found
+
+
+def _marks(resource: Any) -> dict[str, str]:
+    return {item.name: item.value for item in resource.metadata or []}

@@ -1,0 +1,44 @@
+"""Helpers for runs of the azure-batch backend against the in-process emulator and Azurite."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch_emulator import Running
+from conftest import run_fanout
+
+
+@dataclass
+class Received:
+    """Every request the emulator received, parsed: operation, path, query, headers, body."""
+
+    requests: list[tuple[str, str, Any, dict[str, str], Any]] = field(default_factory=list)
+
+    def operations(self, name: str | None = None) -> list[Any]:
+        return [r for r in self.requests if name is None or r[0] == name]
+
+    def count(self, name: str) -> int:
+        return len(self.operations(name))
+
+    def bodies(self, name: str) -> list[Any]:
+        return [request[4] for request in self.operations(name)]
+
+
+def on_batch(
+    job_file: Path, container: str, env: dict[str, str], *options: Any
+) -> subprocess.CompletedProcess[str]:
+    return run_fanout(
+        "run", job_file, "--backend", "azure-batch", "--storage", f"az://{container}/runs",
+        *options, cwd=job_file.parent, env=env,
+    )  # fmt: skip
+
+
+def nothing_left(batch: Running) -> bool:
+    """No job, and no pool that is not on its way out."""
+    client = batch.client()
+    jobs = list(client.list_jobs())
+    pools = [pool for pool in client.list_pools() if pool.state != "deleting"]
+    return not jobs and not pools

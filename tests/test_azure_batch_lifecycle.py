@@ -1,0 +1,182 @@
+"""The azure-batch backend across runs: pools kept for later runs, resuming after the client
+died, and ``fanout clean``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from azure.batch import BatchClient
+from azure.batch import models as m
+from batch_emulator import Running, make_pool
+from batch_runs import Received, nothing_left, on_batch
+from conftest import load_record, run_fanout, wait_until, write_inputs, write_job
+
+pytestmark = pytest.mark.azurite
+
+
+def counter_job(job_dir: Path, name: str, count: int, **batch_settings: object) -> Path:
+    """A job whose tasks note each start in ``started/`` and wait for the file ``release``."""
+    write_inputs(job_dir, {f"t{n}.txt": f"input {n}" for n in range(count)})
+    (job_dir / "started").mkdir()
+    command = (
+        'echo x >> "$STARTED/{task_id}"; i=0;'
+        ' while [ ! -e "$RELEASE" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done;'
+        " cp {input} {input_stem}.out"
+    )
+    tables: dict[str, dict[str, object]] = {
+        "job": {
+            "name": name,
+            "inputs": ["*.txt"],
+            "command": command,
+            "outputs": ["*.out"],
+            "env": {"STARTED": str(job_dir / "started"), "RELEASE": str(job_dir / "release")},
+        }
+    }
+    if batch_settings:
+        tables["backends.azure-batch"] = batch_settings
+    return write_job(job_dir, tables)
+
+
+def starts(job_dir: Path) -> dict[str, int]:
+    return {path.name: len(path.read_text().split()) for path in (job_dir / "started").iterdir()}
+
+
+def start_run(job_dir: Path, container: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "fanout", "run", "job.toml", "--backend", "azure-batch"]
+    command += ["--storage", f"az://{container}/runs", "--out", "out"]
+    return subprocess.Popen(
+        command,
+        cwd=job_dir,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_kept_pool_serves_the_next_run_and_clean_leaves_it(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+) -> None:
+    job_file = counter_job(job_dir, "kept", 2, pool_id="warm", keep_pool=True)
+    (job_dir / "release").touch()
+    first = on_batch(job_file, azure_container, batch_env, "--out", job_dir / "out1")
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert received.count("Pools_CreatePool") == 1
+    assert load_record(job_dir / "out1")["leftovers"] == ["pool warm (kept: keep_pool)"]
+    second = on_batch(job_file, azure_container, batch_env, "--out", job_dir / "out2")
+    assert second.returncode == 0, second.stderr + second.stdout
+    assert received.count("Pools_CreatePool") == 1  # the second run reused it
+    assert (job_dir / "out2" / "t1" / "t1.out").read_text() == "input 1"
+    assert [pool.id for pool in batch.client().list_pools()] == ["warm"]
+
+    listed = run_fanout(
+        "clean", "--backend", "azure-batch", "--dry-run", cwd=job_dir, env=batch_env
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "nothing to clean" in listed.stdout  # a kept pool is not a leftover
+    everything = run_fanout(
+        "clean", "--backend", "azure-batch", "--all", cwd=job_dir, env=batch_env
+    )
+    assert everything.returncode == 0, everything.stderr
+    assert "deleted pool warm kept with keep_pool" in everything.stdout
+    assert nothing_left(batch)
+
+
+def test_clean_deletes_fanouts_leftovers_and_nothing_else(
+    batch: Running, batch_env: dict[str, str], tmp_path: Path
+) -> None:
+    client = batch.client()
+    make_pool(client, "theirs")
+    mark = [m.BatchMetadataItem(name="fanout-run", value="20261125-000000-dead")]
+    for job_id, metadata in (("left-behind", mark), ("their-job", None)):
+        client.create_job(
+            m.BatchJobCreateOptions(
+                id=job_id, pool_info=m.BatchPoolInfo(pool_id="theirs"), metadata=metadata
+            )
+        )
+    client.update_job(
+        "left-behind", m.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
+    )
+    client.create_task("left-behind", m.BatchTaskCreateOptions(id="t", command_line="true"))
+    wait_until(lambda: client.get_job("left-behind").state == "completed")
+
+    dry = run_fanout("clean", "--backend", "azure-batch", "--dry-run", cwd=tmp_path, env=batch_env)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [
+        "would delete job left-behind (completed, run 20261125-000000-dead)"
+    ]
+    done = run_fanout("clean", "--backend", "azure-batch", cwd=tmp_path, env=batch_env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(job.id for job in client.list_jobs()) == ["their-job"]
+    assert [pool.id for pool in client.list_pools()] == ["theirs"]
+
+
+def test_resume_after_the_client_died_runs_no_task_twice(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+) -> None:
+    counter_job(job_dir, "survivor", 3, nodes=1, slots=3)
+    run = start_run(job_dir, azure_container, batch_env)
+    wait_until(lambda: len(starts(job_dir)) == 3)
+    run.kill()  # no cleanup at all: the job and its auto-pool go on
+    run.communicate(timeout=30)
+    client = batch.client()
+    (job,) = client.list_jobs()
+    assert job.state == "active"
+
+    (job_dir / "release").touch()
+    resumed = run_fanout("run", "job.toml", "--backend", "azure-batch", "--resume",
+                         "--storage", f"az://{azure_container}/runs", "--out", "out",
+                         cwd=job_dir, env=batch_env)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert starts(job_dir) == {"t0": 1, "t1": 1, "t2": 1}  # reattached, nothing run again
+    assert received.count("Tasks_CreateTaskCollection") == 1
+    record = load_record(job_dir / "out")
+    assert record["status"] == "finished"
+    assert all(task["state"] == "succeeded" for task in record["tasks"])
+    assert (job_dir / "out" / "t2" / "t2.out").read_text() == "input 2"
+    assert record["job_ids"][0] == job.id and len(record["job_ids"]) == 2
+    assert nothing_left(batch)
+
+
+def test_resume_after_the_job_ended_collects_what_it_finished(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+) -> None:
+    counter_job(job_dir, "finisher", 2, nodes=1, slots=2)
+    run = start_run(job_dir, azure_container, batch_env)
+    client = batch.client()
+    wait_until(lambda: len(starts(job_dir)) == 2 and _ends_by_itself(client))
+    run.kill()
+    run.communicate(timeout=30)
+    (job_dir / "release").touch()
+    (job,) = client.list_jobs()
+    wait_until(lambda: client.get_job(job.id).state == "completed")  # terminatejob, by itself
+
+    resumed = run_fanout("run", "job.toml", "--backend", "azure-batch", "--resume",
+                         "--storage", f"az://{azure_container}/runs", "--out", "out",
+                         cwd=job_dir, env=batch_env)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert starts(job_dir) == {"t0": 1, "t1": 1}
+    assert received.count("Jobs_CreateJob") == 1  # nothing left to run: no new job
+    assert (job_dir / "out" / "t0" / "t0.out").read_text() == "input 0"
+    assert nothing_left(batch)
+
+
+def _ends_by_itself(client: BatchClient) -> bool:
+    """Whether the run's job is set to end once all its tasks have completed."""
+    return any(job.all_tasks_complete_mode == "terminatejob" for job in client.list_jobs())
