@@ -45,9 +45,11 @@ def starts(job_dir: Path) -> dict[str, int]:
     return {path.name: len(path.read_text().split()) for path in (job_dir / "started").iterdir()}
 
 
-def start_run(job_dir: Path, container: str, env: dict[str, str]) -> subprocess.Popen[str]:
+def start_run(
+    job_dir: Path, container: str, env: dict[str, str], *options: str
+) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "fanout", "run", "job.toml", "--backend", "azure-batch"]
-    command += ["--storage", f"az://{container}/runs", "--out", "out"]
+    command += ["--storage", f"az://{container}/runs", "--out", "out", *options]
     return subprocess.Popen(
         command,
         cwd=job_dir,
@@ -180,3 +182,60 @@ def test_resume_after_the_job_ended_collects_what_it_finished(
 def _ends_by_itself(client: BatchClient) -> bool:
     """Whether the run's job is set to end once all its tasks have completed."""
     return any(job.all_tasks_complete_mode == "terminatejob" for job in client.list_jobs())
+
+
+def test_resume_reruns_the_tasks_that_failed_while_the_client_was_away(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+) -> None:
+    write_inputs(job_dir, {"ok.txt": "fine", "bad.txt": "broken", "slow.txt": "slow"})
+    (job_dir / "started").mkdir()
+    command = (
+        'echo x >> "$STARTED/{task_id}";'
+        ' if [ {task_id} = slow ]; then while [ ! -e "$RELEASE" ]; do sleep 0.1; done; fi;'
+        ' if [ {task_id} = bad ] && [ ! -e "$FIXED" ]; then exit 5; fi; cp {input} {input_stem}.out'
+    )
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "mended",
+                "inputs": ["*.txt"],
+                "command": command,
+                "outputs": ["*.out"],
+                "env": {
+                    "STARTED": str(job_dir / "started"),
+                    "RELEASE": str(job_dir / "release"),
+                    "FIXED": str(job_dir / "fixed"),
+                },
+            },
+            "backends.azure-batch": {"nodes": 1, "slots": 3},
+        },
+    )
+    run = start_run(job_dir, azure_container, batch_env)
+    client = batch.client()
+    wait_until(lambda: _ends_by_itself(client) and _completed(client) == 2)  # ok and bad
+    run.kill()
+    run.communicate(timeout=30)
+
+    (job_dir / "fixed").touch()
+    resumed = start_run(job_dir, azure_container, batch_env, "--resume")
+    wait_until(lambda: received.count("Jobs_CreateJob") == 2)  # bad runs again, in a new job
+    (job_dir / "release").touch()
+    stdout, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, stderr + stdout
+    assert starts(job_dir) == {"ok": 1, "slow": 1, "bad": 2}  # only the failure ran again
+    assert received.count("Tasks_DeleteTask") == 0
+    record = load_record(job_dir / "out")
+    assert all(task["state"] == "succeeded" for task in record["tasks"])
+    assert (job_dir / "out" / "bad" / "bad.out").read_text() == "broken"
+    assert nothing_left(batch)
+
+
+def _completed(client: BatchClient) -> int:
+    return sum(
+        client.get_job_task_counts(job.id).task_counts.completed for job in client.list_jobs()
+    )

@@ -295,3 +295,56 @@ def test_a_wrong_key_exits_2_having_created_nothing(
     with azurite.blob_service() as service:
         assert list(service.get_container_client(azure_container).list_blobs()) == []
     assert not (tmp_path / "out").exists()
+
+
+def test_a_throttled_service_slows_the_run_down_but_does_not_fail_it(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+) -> None:
+    write_inputs(job_dir, {f"in{n}.txt": str(n) for n in range(5)})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "throttled",
+                "inputs": ["*.txt"],
+                "command": "cp {input} {input_stem}.out",
+                "outputs": ["*.out"],
+                "budget": "3h",
+            }
+        },
+    )
+    batch.emulator.busy.every = 4  # every 4th request: 503 ServerBusy, Retry-After: 1
+    result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    batch.emulator.busy.every = 0
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert len(list((job_dir / "out").rglob("*.out"))) == 5
+    assert any(line.endswith(" 503") for line in batch.requests())
+    (job,) = received.bodies("Jobs_CreateJob")
+    assert job["constraints"]["maxWallClockTime"] in ("PT3H", "PT03H00M00S")  # the budget
+    assert nothing_left(batch)
+
+
+def test_a_reused_pool_grows_to_the_nodes_asked_for(
+    batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
+) -> None:
+    make_pool(batch.client(), "small", nodes=1)
+    write_inputs(job_dir, {"a.txt": "a"})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "grow",
+                "inputs": ["*.txt"],
+                "command": "cp {input} a.out",
+                "outputs": ["a.out"],
+            },
+            "backends.azure-batch": {"pool_id": "small", "nodes": 3},
+        },
+    )
+    result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert batch.client().get_pool("small").target_dedicated_nodes == 3

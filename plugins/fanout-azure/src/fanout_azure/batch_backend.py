@@ -10,13 +10,14 @@ longer than the budget.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
@@ -47,10 +48,36 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
 SUBMIT_CONCURRENCY = 4
 """Task-collection requests in flight at once."""
 DELETE_TIMEOUT_S = 120
 """How long teardown waits for the service to delete the job before recording it as left."""
+
+
+def batch_errors(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Turn an answer of the Batch service that stops the run into one ``BackendError`` line
+    naming what fanout was ``doing`` (throttling and transient errors were already retried
+    by the SDK)."""
+
+    def decorate(method: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(method)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            from azure.core.exceptions import HttpResponseError, ServiceRequestError
+
+            try:
+                return method(*args, **kwargs)
+            except HttpResponseError as exc:
+                code = exc.error.code if exc.error is not None else exc.status_code
+                reason = (exc.message or "").splitlines()[0] if exc.message else ""
+                raise BackendError(f"Batch refused {doing}: {code}: {reason}") from None
+            except ServiceRequestError as exc:
+                raise BackendError(f"Batch could not be reached while {doing}: {exc}") from None
+
+        return wrapper
+
+    return decorate
 
 
 class AzureBatchBackend(Backend):
@@ -72,12 +99,11 @@ class AzureBatchBackend(Backend):
         self._job_exists = False
         self._created_pool: str | None = None
         self._stale_jobs: list[str] = []
-        self._harvest: list[TaskUpdate] = []
         self._task_app_files: tuple[ResourceFile, ...] = ()
         self._pool_env: dict[str, str] = {}
         self._new_job: Any = None
         self._pool_id: str | None = None
-        self._monitor: TaskMonitor | None = None
+        self._monitors: list[TaskMonitor] = []
         self._nodes: NodeWatcher | None = None
         self._status: str | None = None
         self._next_poll = 0.0
@@ -89,6 +115,7 @@ class AzureBatchBackend(Backend):
             self._client = batch_client(self._settings, os.environ)
         return self._client
 
+    @batch_errors("the preflight")
     def preflight(self) -> None:
         from fanout_azure.batch_images import resolve_image
         from fanout_azure.batch_preflight import preflight
@@ -97,34 +124,36 @@ class AzureBatchBackend(Backend):
         if self._settings.pool_id is None or self._settings.keep_pool:
             self._image = resolve_image(self.client, self._settings.image)
 
+    @batch_errors("reattaching to the earlier job")
     def reattach(self) -> set[str]:
-        """Go on with the earlier attempt's job while it is active (its failed tasks are
-        removed, to run again); from a job that has ended, keep the tasks that succeeded."""
+        """Adopt the earlier attempt's tasks that succeeded or may still: all but the failed
+        ones while its job is active, only those that succeeded once it has ended. Its job
+        then goes on by itself (it ends when its tasks have completed) and is followed beside
+        the new one, which runs the rest; nothing is deleted from it, nothing runs twice."""
         from azure.core.exceptions import ResourceNotFoundError
 
         earlier = self.context.earlier_job_ids[-1]
         try:
-            job = self.client.get_job(earlier, select=["id", "state"])
+            job = self.client.get_job(earlier, select=["id", "state", "executionInfo"])
         except ResourceNotFoundError:
             return set()
         state = wire_value(job.state)
-        tasks = list(
-            self.client.list_tasks(earlier, select=["id", "state", "executionInfo", "nodeInfo"])
+        if state not in ("active", "terminating", "completed"):
+            return set()
+        fields = ["id", "state", "executionInfo", "nodeInfo"]
+        updates = [task_update(task) for task in self.client.list_tasks(earlier, select=fields)]
+        keep = {TaskState.SUCCEEDED} | ({TaskState.RUNNING} if state == "active" else set())
+        adopted = {update.task_id for update in updates if update.state in keep}
+        self._stale_jobs.append(earlier)
+        self._monitors.append(
+            TaskMonitor(self.client, earlier, ignore={u.task_id for u in updates} - adopted)
         )
-        updates = {task.id: task_update(task) for task in tasks}
-        if state == "active":
-            self._set_termination(earlier, "noaction")  # deleting tasks must not end the job
-            failed = [i for i, u in updates.items() if u.state is TaskState.FAILED]
-            for task_id in failed:
-                self.client.delete_task(earlier, task_id)
-            self.job_id, self._job_exists = earlier, True
-            return set(updates) - set(failed)
-        if state in ("completed", "terminating"):
-            self._stale_jobs.append(earlier)
-            self._harvest = [u for u in updates.values() if u.state is TaskState.SUCCEEDED]
-            return {update.task_id for update in self._harvest}
-        return set()
+        pool_id = job.execution_info.pool_id if job.execution_info is not None else None
+        self._nodes = NodeWatcher(self.client, earlier, pool_id)
+        log.info("reattached to job %s (%s): %d tasks adopted", earlier, state, len(adopted))
+        return adopted
 
+    @batch_errors("preparing the pool")
     def provision(self, pool: PoolSpec) -> None:
         """Make the pool ready (or describe the auto-pool); the job itself is created with
         the first tasks, so that a resumed run with nothing left to run creates none."""
@@ -132,9 +161,6 @@ class AzureBatchBackend(Backend):
 
         self._pool_env = dict(pool.env)
         pool_info, self._pool_id = self._pool_for(pool)
-        if self._job_exists:
-            self._watch()
-            return
         self._new_job = m.BatchJobCreateOptions(
             id=self.job_id,
             pool_info=pool_info,
@@ -143,12 +169,6 @@ class AzureBatchBackend(Backend):
             ),
             metadata=metadata(self.context.run_id),
         )
-
-    def _watch(self) -> None:
-        self._monitor = TaskMonitor(self.client, self.job_id)
-        self._nodes = NodeWatcher(self.client, self.job_id, self._pool_id)
-        where = self._pool_id or f"an auto-pool of {self._settings.vm_size}"
-        log.info("job %s on %s", self.job_id, where)
 
     def _pool_for(self, pool: PoolSpec) -> tuple[Any, str | None]:
         """The job's pool information, and the pool's id when it is not an auto-pool."""
@@ -187,9 +207,11 @@ class AzureBatchBackend(Backend):
             self._image = resolve_image(self.client, self._settings.image)
         return self._image
 
+    @batch_errors("adding the tasks")
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         """Add the tasks (creating the job first), then let the job end when they have all
-        completed."""
+        completed: set once they are in, since a job without tasks may end at once."""
+        from azure.batch import models as m
         from azure.batch.models import CreateTasksError
 
         if not tasks:
@@ -197,7 +219,10 @@ class AzureBatchBackend(Backend):
         if not self._job_exists:
             self.client.create_job(self._new_job)
             self._job_exists = True
-            self._watch()
+            self._monitors.append(TaskMonitor(self.client, self.job_id))
+            self._nodes = NodeWatcher(self.client, self.job_id, self._pool_id)
+            where = self._pool_id or f"an auto-pool of {self._settings.vm_size}"
+            log.info("job %s on %s", self.job_id, where)
         batch_tasks = [
             batch_task(task, self.job_id, self._pool_env, self._task_app_files) for task in tasks
         ]
@@ -205,30 +230,25 @@ class AzureBatchBackend(Backend):
             self.client.create_tasks(self.job_id, batch_tasks, max_concurrency=SUBMIT_CONCURRENCY)
         except CreateTasksError as exc:
             raise BackendError(_submission_failure(exc)) from None
-        self._set_termination(self.job_id, "terminatejob")
+        self.client.update_job(
+            self.job_id, m.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
+        )
 
-    def _set_termination(self, job_id: str, mode: str) -> None:
-        from azure.batch import models as m
-
-        self.client.update_job(job_id, m.BatchJobUpdateOptions(all_tasks_complete_mode=mode))
-
+    @batch_errors("following the tasks")
     def poll(self, timeout: float) -> list[TaskUpdate]:
         """Ask the service at most once per ``poll_interval``, however often this is called."""
-        updates, self._harvest = self._harvest, []
-        if updates or self._monitor is None or self._nodes is None:
-            time.sleep(0 if updates else max(timeout, 0))
-            return updates
         wait = self._next_poll - time.monotonic()
-        if wait > timeout:
+        if wait > timeout or not self._monitors:
             time.sleep(max(timeout, 0))
             return []
         time.sleep(max(wait, 0))
         self._next_poll = time.monotonic() + self._settings.poll_interval
-        watch = self._nodes.poll()
-        for failure in watch.failed_setup:
-            log.warning("%s", failure)
-        self._status = watch.status
-        return self._monitor.poll()
+        if self._nodes is not None:
+            watch = self._nodes.poll()
+            for failure in watch.failed_setup:
+                log.warning("%s", failure)
+            self._status = watch.status
+        return [update for monitor in self._monitors for update in monitor.poll()]
 
     def status(self) -> str | None:
         return self._status

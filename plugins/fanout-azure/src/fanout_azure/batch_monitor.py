@@ -28,11 +28,13 @@ out of order by the service's front ends are still seen; the duplicates are skip
 class TaskMonitor:
     """The task updates of one job, poll by poll."""
 
-    def __init__(self, client: BatchClient, job_id: str) -> None:
+    def __init__(self, client: BatchClient, job_id: str, ignore: set[str] | None = None) -> None:
+        """``ignore``: tasks of the job not to report (an earlier attempt's failures, which
+        run again in another job)."""
         self.client = client
         self.job_id = job_id
         self._counts: tuple[int, int] | None = None
-        self._finished: set[str] = set()
+        self._finished: set[str] = set(ignore or ())
         self._running: set[str] = set()
         self._newest: datetime | None = None
         """The latest stateTransitionTime of a completed task seen; None: list them all."""
