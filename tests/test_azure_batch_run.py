@@ -66,6 +66,7 @@ def test_example_gives_the_local_outputs_with_no_secret_in_any_task(
     assert len(expected) == 3
     assert outputs(tmp_path / "batch") == expected
 
+    assert "nodes: 1 of 1 ready" in result.stdout  # progress while nodes come up
     record = load_record(tmp_path / "batch")
     assert record["backend"] == "azure-batch"
     assert record["leftovers"] == []
