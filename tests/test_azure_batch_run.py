@@ -130,6 +130,8 @@ def test_250_tasks_cost_few_requests(
     listings = received.count("Tasks_ListTasks")
     assert listings <= 2 * polls + 2, (listings, polls)  # listing is per poll, not per task
     assert received.count("Tasks_GetTask") == 0
+    gone = [a for a in batch.answers if a[0] == "Pools_GetPool" and a[2] == 404]
+    assert len(gone) <= 1  # a pool that went with its job is not asked for again
     assert nothing_left(batch)
 
 

@@ -145,9 +145,9 @@ class AzureBatchBackend(Backend):
         keep = {TaskState.SUCCEEDED} | ({TaskState.RUNNING} if state == "active" else set())
         adopted = {update.task_id for update in updates if update.state in keep}
         self._stale_jobs.append(earlier)
-        self._monitors.append(
-            TaskMonitor(self.client, earlier, ignore={u.task_id for u in updates} - adopted)
-        )
+        monitor = TaskMonitor(self.client, earlier, ignore={u.task_id for u in updates} - adopted)
+        monitor.expect(len(adopted))
+        self._monitors.append(monitor)
         pool_id = job.execution_info.pool_id if job.execution_info is not None else None
         self._nodes = NodeWatcher(self.client, earlier, pool_id)
         log.info("reattached to job %s (%s): %d tasks adopted", earlier, state, len(adopted))
@@ -226,6 +226,7 @@ class AzureBatchBackend(Backend):
         batch_tasks = [
             batch_task(task, self.job_id, self._pool_env, self._task_app_files) for task in tasks
         ]
+        self._monitors[-1].expect(len(batch_tasks))
         try:
             self.client.create_tasks(self.job_id, batch_tasks, max_concurrency=SUBMIT_CONCURRENCY)
         except CreateTasksError as exc:
@@ -238,7 +239,7 @@ class AzureBatchBackend(Backend):
     def poll(self, timeout: float) -> list[TaskUpdate]:
         """Ask the service at most once per ``poll_interval``, however often this is called."""
         wait = self._next_poll - time.monotonic()
-        if wait > timeout or not self._monitors:
+        if wait > timeout or all(monitor.done for monitor in self._monitors):
             time.sleep(max(timeout, 0))
             return []
         time.sleep(max(wait, 0))

@@ -1,11 +1,12 @@
 """Following a job's tasks at a cost that does not grow with the number of tasks.
 
-Each poll asks for the job's task counts (one request). Only when the number of completed
-tasks moved does it list tasks, and then only those that completed since the newest completion
-already seen (``$filter`` on ``stateTransitionTime``, ``$select`` of the few fields needed):
-over a whole run, the listings return each task about once. Running tasks are listed the same
-way when their count moves, a listing bounded by the pool's slots, not by the job's size.
-Throttling (429, 503 with Retry-After) is the SDK's retry policy's business.
+Each poll asks for the job's task counts (one request), until every task has completed and
+been reported. Only when the number of completed tasks moved does it list tasks, and then only
+those that completed since the newest completion already seen (``$filter`` on
+``stateTransitionTime``, ``$select`` of the few fields needed): over a whole run, the listings
+return each task a few times at most. Running tasks are listed the same way when the counts
+move, a listing bounded by the pool's slots, not by the job's size. Throttling (429, 503 with
+Retry-After) is the SDK's retry policy's business.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ class TaskMonitor:
         self._running: set[str] = set()
         self._newest: datetime | None = None
         """The latest stateTransitionTime of a completed task seen; None: list them all."""
+        self._expected = 0
+        self._reported = 0
+
+    def expect(self, count: int) -> None:
+        """``count`` more tasks of the job are to be reported (added, or adopted)."""
+        self._expected += count
+
+    @property
+    def done(self) -> bool:
+        """Every task expected has completed and been reported: nothing more to ask. (Task
+        counts lag behind additions, so they cannot tell this alone.)"""
+        return self._reported >= self._expected
 
     def poll(self) -> list[TaskUpdate]:
         counts = self.client.get_job_task_counts(self.job_id).task_counts
@@ -45,7 +58,7 @@ class TaskMonitor:
         previous = self._counts
         self._counts = (running, completed)
         updates: list[TaskUpdate] = []
-        if previous is None or running != previous[0]:
+        if previous is None or (running, completed) != previous:  # completions free slots too
             updates += self._newly_running()
         if previous is None or completed != previous[1]:
             updates += self._newly_completed()
@@ -81,6 +94,7 @@ class TaskMonitor:
             update = task_update(task)
             if update.state is not TaskState.RUNNING:
                 updates.append(update)
+                self._reported += 1
         return updates
 
     def _list(self, query: str) -> list[Any]:

@@ -169,13 +169,17 @@ class NodeWatcher:
         self.pool_id = pool_id
         self._reported_failures: set[str] = set()
         self._reported_errors: set[str] = set()
+        self._gone = False
 
     def poll(self) -> NodeWatch:
         from azure.core.exceptions import ResourceNotFoundError
 
+        if self._gone:
+            return NodeWatch(None, [])
         try:
             return self._poll()
         except ResourceNotFoundError:  # the job ended and took its auto-pool with it
+            self._gone = True
             return NodeWatch(None, [])
 
     def _poll(self) -> NodeWatch:
