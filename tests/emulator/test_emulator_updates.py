@@ -274,6 +274,47 @@ def test_max_parallel_tasks_runs_one_task_at_a_time(batch: Running) -> None:
         assert start >= end
 
 
+# ----------------------------------------------------------------------------------- update pool
+
+
+def test_a_pool_update_gives_nodes_that_join_later_the_new_start_task(batch: Running) -> None:
+    client = batch.client()
+    version = '/bin/sh -c "echo {} > $AZ_BATCH_NODE_SHARED_DIR/version"'
+    make_pool(client, "p", start_task=m.BatchStartTask(command_line=version.format("v1")))
+    wait_until(lambda: [node.state for node in client.list_nodes("p")] == ["idle"])
+    client.update_pool(
+        "p",
+        m.BatchPoolUpdateOptions(
+            start_task=m.BatchStartTask(command_line=version.format("v2")),
+            metadata=[m.BatchMetadataItem(name="k", value="v")],
+        ),
+    )
+    pool = client.get_pool("p")
+    assert version.format("v2") == pool.start_task.command_line
+    assert [(item.name, item.value) for item in pool.metadata] == [("k", "v")]
+    assert pool.vm_size == "standard_d2s_v3"  # what the update did not name stays
+
+    client.begin_resize_pool("p", m.BatchPoolResizeOptions(target_dedicated_nodes=2)).result()
+    wait_until(lambda: [node.state for node in client.list_nodes("p")] == ["idle", "idle"])
+    versions = {
+        node.id: b"".join(client.download_node_file("p", node.id, "shared/version")).strip()
+        for node in client.list_nodes("p")
+    }
+    assert sorted(versions.values()) == [b"v1", b"v2"]  # the first node kept what it ran
+
+
+def test_pool_updates_the_service_refuses(batch: Running) -> None:
+    client = batch.client()
+    make_pool(client, "busy")
+    wait_until(lambda: [node.state for node in client.list_nodes("busy")] == ["idle"])
+    resized = m.BatchPoolUpdateOptions(task_slots_per_node=4)
+    assert refused(lambda: client.update_pool("busy", resized)) == (
+        409,
+        "OperationInvalidForCurrentState",
+    )
+    assert refused(lambda: client.update_pool("nope", resized)) == (404, "PoolNotFound")
+
+
 # ------------------------------------------------------------------------------------ node files
 
 

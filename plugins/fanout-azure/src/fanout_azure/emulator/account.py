@@ -75,6 +75,12 @@ def check_id(kind: str, value: object) -> str:
     return value
 
 
+POOL_UPDATABLE_ANY_TIME = frozenset(
+    {"displayName", "startTask", "metadata", "applicationPackageReferences"}
+)
+"""What Pools_UpdatePool changes on a pool that has nodes; the rest needs an empty pool."""
+
+
 class Account:
     """A Batch account on this machine: pools of directory-tree nodes running real processes."""
 
@@ -132,6 +138,25 @@ class Account:
             pool.allocation_state, pool.allocation_changed = "resizing", now()
             pool.touch()
         self._spawn(self._allocate, pool, spec.get("nodeDeallocationOption", "requeue"))
+
+    def update_pool(self, pool_id: str, changes: dict[str, Any]) -> Pool:
+        """PATCH: replace the properties ``changes`` names and keep the others. A new start
+        task is what nodes joining the pool from now on run; nodes already there keep the
+        one they ran. Properties fixed at allocation change only while the pool is empty."""
+        with self._lock:
+            pool = self.pool(pool_id)
+            if pool.state == "deleting":
+                raise _pool_being_deleted()
+            fixed = sorted(key for key in changes if key not in POOL_UPDATABLE_ANY_TIME)
+            if fixed and pool.nodes:
+                raise BatchError(
+                    409,
+                    "OperationInvalidForCurrentState",
+                    f"The property {fixed[0]} can be updated only when the pool has no nodes.",
+                )
+            pool.spec = {**pool.spec, **changes}
+            pool.touch()
+            return pool
 
     def delete_pool(self, pool_id: str) -> None:
         with self._lock:

@@ -1,23 +1,27 @@
 """Faults the emulator injects on request, for clients' retry tests.
 
-``BusyEvery(n)`` refuses every ``n``-th request the server receives (counted over all requests,
-whatever their operation, from every thread): the server answers it 503 ``ServerBusy`` with
-``Retry-After: 1`` and does not execute it, as the service does when it sheds load. The SDK's
-retry policy honours ``Retry-After`` on 503 for every method, POST included, so a client with
-default settings gets through with a pause of a second per refusal.
+``Busy(n)`` refuses every ``n``-th request the server receives (counted over all requests,
+whatever their operation, from every thread), and ``Busy.refuse_for(seconds)`` every request
+for a while, an outage: the server answers 503 ``ServerBusy`` with ``Retry-After: 1`` and does
+not execute the request, as the service does when it sheds load. The SDK's retry policy
+honours ``Retry-After`` on 503 for every method, POST included, so a client with default
+settings gets through an every-n-th refusal with a pause of a second, and gives up on an
+outage that outlasts its retries.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Final
 
 RETRY_AFTER_S: Final = 1
 """The ``Retry-After`` of a refused request, in seconds."""
 
 
-class BusyEvery:
-    """Which requests to refuse as busy: every ``every``-th one; none when ``every`` is 0."""
+class Busy:
+    """Which requests to refuse as busy: every ``every``-th one (none when ``every`` is 0),
+    and every one during an outage."""
 
     def __init__(self, every: int = 0) -> None:
         if every < 0:
@@ -25,10 +29,17 @@ class BusyEvery:
         self.every = every
         self.received = 0
         """Requests counted so far (only while ``every`` is positive)."""
+        self._outage_ends = 0.0
         self._lock = threading.Lock()
+
+    def refuse_for(self, seconds: float) -> None:
+        """Refuse every request from now on for ``seconds``."""
+        self._outage_ends = time.monotonic() + seconds
 
     def refuse(self) -> bool:
         """Count one more request; whether it is to be refused."""
+        if time.monotonic() < self._outage_ends:
+            return True
         if self.every == 0:
             return False
         with self._lock:

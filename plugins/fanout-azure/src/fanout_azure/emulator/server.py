@@ -38,7 +38,7 @@ from fanout_azure.emulator.errors import (
     server_busy,
     unsupported,
 )
-from fanout_azure.emulator.faults import RETRY_AFTER_S, BusyEvery
+from fanout_azure.emulator.faults import RETRY_AFTER_S, Busy
 from fanout_azure.emulator.model import Job, Task
 from fanout_azure.emulator.odata import parse_filter, select
 from fanout_azure.emulator.spec import Operation, match, request_error
@@ -92,7 +92,7 @@ class BatchEmulator:
         self.request_log = request_log
         self.observer = observer
         """Called with (operationId or "", path, status, JSON body) for every answer."""
-        self.busy = BusyEvery(busy_every)
+        self.busy = Busy(busy_every)
         """Every ``busy_every``-th request is refused 503 ``ServerBusy`` unexecuted (0: none)."""
         self._log_lock = threading.Lock()
         handler = _handler_for(self)
@@ -238,6 +238,12 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
             },
         )
 
+    def updated(url: str, etag: str, modified: str) -> Reply:
+        return Reply(
+            200,
+            headers={"ETag": etag, "Last-Modified": _http_date(modified), "DataServiceId": url},
+        )
+
     def entity(document: dict[str, Any], request: Request, etag: str, modified: str) -> Reply:
         return Reply(
             200,
@@ -274,6 +280,10 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
     def get_pool(request: Request) -> Reply:
         pool = account.pool(path(request, "poolId"))
         return entity(pool.to_json(base), request, pool.etag, pool.modified)
+
+    def update_pool(request: Request) -> Reply:
+        pool = account.update_pool(path(request, "poolId"), request.body)
+        return updated(f"{base}/pools/{pool.id}", pool.etag, pool.modified)
 
     def pool_exists(request: Request) -> Reply:
         account.pool(path(request, "poolId"))
@@ -335,14 +345,7 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         job = account.update_job(
             path(request, "jobId"), request.body, replace=replace, condition=condition
         )
-        return Reply(
-            200,
-            headers={
-                "ETag": job.etag,
-                "Last-Modified": _http_date(job.modified),
-                "DataServiceId": f"{base}/jobs/{job.id}",
-            },
-        )
+        return updated(f"{base}/jobs/{job.id}", job.etag, job.modified)
 
     def replace_job(request: Request) -> Reply:
         return update_job(request, replace=True)
@@ -458,6 +461,7 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         "Pools_PoolExists": pool_exists,
         "Pools_ListPools": list_pools,
         "Pools_DeletePool": delete_pool,
+        "Pools_UpdatePool": update_pool,
         "Pools_ResizePool": resize_pool,
         "Nodes_ListNodes": list_nodes,
         "Nodes_GetNode": get_node,
