@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,3 +44,20 @@ def nothing_left(batch: Running) -> bool:
     jobs = list(client.list_jobs())
     pools = [pool for pool in client.list_pools() if pool.state != "deleting"]
     return not jobs and not pools
+
+
+def start_run(
+    job_dir: Path, container: str, env: dict[str, str], *options: str
+) -> subprocess.Popen[str]:
+    """``fanout run job.toml`` in ``job_dir`` on azure-batch, in the background; outputs in
+    ``job_dir/out``."""
+    command = [sys.executable, "-m", "fanout", "run", "job.toml", "--backend", "azure-batch"]
+    command += ["--storage", f"az://{container}/runs", "--out", "out", *options]
+    return subprocess.Popen(
+        command,
+        cwd=job_dir,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

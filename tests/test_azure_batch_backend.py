@@ -6,8 +6,10 @@ preflight check (clear one-line errors, nothing created).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -114,6 +116,29 @@ def test_key_without_account_is_named(batch: Running) -> None:
     )
 
 
+def test_a_key_that_is_not_base64_is_named_not_shown(batch: Running) -> None:
+    environ = env_for(batch, key="not a key: pasted with its quotes'")
+    with pytest.raises(BackendError) as caught:
+        batch_client(AzureBatchSettings(), environ)
+    assert str(caught.value) == "AZURE_BATCH_ACCESS_KEY is not an account key: it is not base64"
+
+
+def test_a_refused_task_is_described_by_its_code_message_and_details() -> None:
+    from azure.batch import models as m
+    from fanout_azure.batch_backend import describe_refusal
+
+    error = m.BatchError(
+        code="InvalidPropertyValue",
+        message=m.BatchErrorMessage(lang="en-US", value="The value provided is invalid."),
+        error_values=[m.BatchErrorDetail(key="PropertyName", value="commandLine")],
+    )
+    assert describe_refusal(error) == (
+        "InvalidPropertyValue: The value provided is invalid.; PropertyName: commandLine"
+    )
+    assert describe_refusal(m.BatchError(code="TaskExists")) == "TaskExists"
+    assert describe_refusal(None) == "refused"
+
+
 def test_entra_id_needs_https(batch: Running) -> None:
     environ = {"AZURE_BATCH_ENDPOINT": batch.endpoint}
     with pytest.raises(BackendError) as caught:
@@ -210,6 +235,27 @@ def test_preflight_dead_endpoint_answers_in_seconds() -> None:
         check(environ)
     assert str(caught.value) == f"cannot reach {endpoint}"
     assert time.monotonic() - started < 5
+
+
+def test_preflight_endpoint_that_hangs_up_is_one_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+
+        def hang_up() -> None:
+            for _ in range(2):  # the request and its one retry
+                connection, _ = server.accept()
+                connection.recv(65536)
+                connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        environ = {
+            "AZURE_BATCH_ENDPOINT": endpoint,
+            "AZURE_BATCH_ACCOUNT": DEFAULT_ACCOUNT,
+            "AZURE_BATCH_ACCESS_KEY": DEFAULT_KEY,
+        }
+        with pytest.raises(BackendError) as caught:
+            check(environ)
+    assert str(caught.value) == f"no answer from {endpoint}"
 
 
 def test_preflight_without_any_credential(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

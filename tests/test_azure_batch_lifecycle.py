@@ -3,16 +3,14 @@ died, and ``fanout clean``."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
 from batch_emulator import Running, make_pool
-from batch_runs import Received, nothing_left, on_batch
+from batch_runs import Received, nothing_left, on_batch, start_run
 from conftest import load_record, run_fanout, wait_until, write_inputs, write_job
 
 pytestmark = pytest.mark.azurite
@@ -43,21 +41,6 @@ def counter_job(job_dir: Path, name: str, count: int, **batch_settings: object) 
 
 def starts(job_dir: Path) -> dict[str, int]:
     return {path.name: len(path.read_text().split()) for path in (job_dir / "started").iterdir()}
-
-
-def start_run(
-    job_dir: Path, container: str, env: dict[str, str], *options: str
-) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "fanout", "run", "job.toml", "--backend", "azure-batch"]
-    command += ["--storage", f"az://{container}/runs", "--out", "out", *options]
-    return subprocess.Popen(
-        command,
-        cwd=job_dir,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def test_a_kept_pool_serves_the_next_run_and_clean_leaves_it(
@@ -184,19 +167,16 @@ def _ends_by_itself(client: BatchClient) -> bool:
     return any(job.all_tasks_complete_mode == "terminatejob" for job in client.list_jobs())
 
 
-def test_resume_reruns_the_tasks_that_failed_while_the_client_was_away(
-    batch: Running,
-    received: Received,
-    batch_env: dict[str, str],
-    azure_container: str,
-    job_dir: Path,
-) -> None:
+def mended_job(job_dir: Path) -> None:
+    """Three tasks: ``ok`` succeeds at once; ``bad`` fails until the file ``fixed`` exists,
+    then waits like ``slow`` for the file ``release``."""
     write_inputs(job_dir, {"ok.txt": "fine", "bad.txt": "broken", "slow.txt": "slow"})
     (job_dir / "started").mkdir()
     command = (
         'echo x >> "$STARTED/{task_id}";'
-        ' if [ {task_id} = slow ]; then while [ ! -e "$RELEASE" ]; do sleep 0.1; done; fi;'
-        ' if [ {task_id} = bad ] && [ ! -e "$FIXED" ]; then exit 5; fi; cp {input} {input_stem}.out'
+        ' if [ {task_id} = bad ] && [ ! -e "$FIXED" ]; then exit 5; fi;'
+        ' if [ {task_id} != ok ]; then while [ ! -e "$RELEASE" ]; do sleep 0.1; done; fi;'
+        " cp {input} {input_stem}.out"
     )
     write_job(
         job_dir,
@@ -215,6 +195,21 @@ def test_resume_reruns_the_tasks_that_failed_while_the_client_was_away(
             "backends.azure-batch": {"nodes": 1, "slots": 3},
         },
     )
+
+
+@pytest.mark.parametrize("deaths", [1, 2])
+def test_resume_reruns_only_what_failed_while_the_client_was_away(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+    deaths: int,
+) -> None:
+    """The first attempt dies with ok done, bad failed and slow running; bad is mended. With
+    two deaths the second attempt dies too, slow still in the first job and bad in the
+    second: the third must follow both."""
+    mended_job(job_dir)
     run = start_run(job_dir, azure_container, batch_env)
     client = batch.client()
     wait_until(lambda: _ends_by_itself(client) and _completed(client) == 2)  # ok and bad
@@ -223,14 +218,20 @@ def test_resume_reruns_the_tasks_that_failed_while_the_client_was_away(
 
     (job_dir / "fixed").touch()
     resumed = start_run(job_dir, azure_container, batch_env, "--resume")
-    wait_until(lambda: received.count("Jobs_CreateJob") == 2)  # bad runs again, in a new job
+    wait_until(lambda: starts(job_dir).get("bad") == 2)  # bad runs again, in a new job
+    if deaths == 2:
+        resumed.kill()
+        resumed.communicate(timeout=30)
+        resumed = start_run(job_dir, azure_container, batch_env, "--resume")
     (job_dir / "release").touch()
     stdout, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr + stdout
     assert starts(job_dir) == {"ok": 1, "slow": 1, "bad": 2}  # only the failure ran again
+    assert received.count("Jobs_CreateJob") == 2  # a last attempt with nothing to run adds none
     assert received.count("Tasks_DeleteTask") == 0
     record = load_record(job_dir / "out")
     assert all(task["state"] == "succeeded" for task in record["tasks"])
+    assert len(record["job_ids"]) == 1 + deaths
     assert (job_dir / "out" / "bad" / "bad.out").read_text() == "broken"
     assert nothing_left(batch)
 
@@ -239,3 +240,46 @@ def _completed(client: BatchClient) -> int:
     return sum(
         client.get_job_task_counts(job.id).task_counts.completed for job in client.list_jobs()
     )
+
+
+def test_a_kept_pool_gives_nodes_that_join_later_this_runs_urls(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+) -> None:
+    write_inputs(job_dir, {"a.txt": "alpha"})
+    (job_dir / "tool.sh").write_text('tr a-z A-Z < "$1"\n')
+
+    def write(budget: str, margin: str, nodes: int) -> Path:
+        return write_job(
+            job_dir,
+            {
+                "job": {
+                    "name": "warmed",
+                    "inputs": ["*.txt"],
+                    "app": ["tool.sh"],
+                    "setup": ["test -s tool.sh"],
+                    "command": "sh $FANOUT_APP_DIR/tool.sh {input} > {input_stem}.out",
+                    "outputs": ["*.out"],
+                    "budget": budget,
+                },
+                "storage": {"expiry_margin": margin},
+                "backends.azure-batch": {"pool_id": "warm", "keep_pool": True, "nodes": nodes},
+            },
+        )
+
+    started = time.monotonic()
+    first = on_batch(write("10s", "1s", 1), azure_container, batch_env, "--out", job_dir / "o1")
+    assert first.returncode == 0, first.stderr + first.stdout
+    time.sleep(max(0.0, started + 12 - time.monotonic()))  # the first run's URLs have expired
+
+    second = on_batch(write("1h", "1h", 2), azure_container, batch_env, "--out", job_dir / "o2")
+    assert second.returncode == 0, second.stderr + second.stdout
+    (update,) = received.bodies("Pools_UpdatePool")
+    assert all("sig=" in file["httpUrl"] for file in update["startTask"]["resourceFiles"])
+    client = batch.client()
+    # The node the second run added downloads the app with the second run's URLs.
+    wait_until(lambda: sorted(n.state for n in client.list_nodes("warm")) == ["idle", "idle"])
+    assert "setup failed" not in second.stdout + second.stderr

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azurite import Azurite
 from batch_emulator import Running, make_pool
-from batch_runs import Received, nothing_left, on_batch
+from batch_runs import Received, nothing_left, on_batch, start_run
 from conftest import REPO, load_record, run_fanout, wait_until, write_inputs, write_job
 from fanout_azure.batch_tasks import split_container_url
 from fanout_azure.emulator.command import DEFAULT_KEY
@@ -211,16 +209,7 @@ def test_ctrl_c_leaves_nothing_the_run_created(
             }
         },
     )
-    command = [sys.executable, "-m", "fanout", "run", "job.toml", "--backend", "azure-batch"]
-    command += ["--storage", f"az://{azure_container}/runs", "--out", "out"]
-    run = subprocess.Popen(
-        command,
-        cwd=job_dir,
-        env={**_environ(), **batch_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run = start_run(job_dir, azure_container, batch_env)
     wait_until(lambda: _running_tasks(batch) >= 1)
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=60)
@@ -233,12 +222,6 @@ def test_ctrl_c_leaves_nothing_the_run_created(
     record = load_record(job_dir / "out")
     assert record["status"] == "interrupted"
     assert record["leftovers"] == []
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _running_tasks(batch: Running) -> int:
@@ -351,3 +334,87 @@ def test_a_reused_pool_grows_to_the_nodes_asked_for(
     result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
     assert result.returncode == 0, result.stderr + result.stdout
     assert batch.client().get_pool("small").target_dedicated_nodes == 3
+
+
+def test_tasks_a_job_ended_before_running_are_reported_failed(
+    batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
+) -> None:
+    write_inputs(job_dir, {f"t{n}.txt": str(n) for n in range(3)})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "overrun",
+                "inputs": ["*.txt"],
+                "command": "sleep 60",
+                "outputs": ["*.out"],
+                "budget": "4s",  # the job's maxWallClockTime: one slot cannot run all three
+            }
+        },
+    )
+    result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    assert result.returncode == 1, result.stderr + result.stdout
+    tasks = load_record(job_dir / "out")["tasks"]
+    assert all(task["state"] == "failed" for task in tasks)
+    never_ran = [task for task in tasks if "ended (MaxWallClockTimeExpiry)" in task["error"]]
+    assert len(never_ran) >= 2, tasks
+    assert "Traceback" not in result.stderr
+    assert nothing_left(batch)
+
+
+def test_a_pool_deleted_under_the_run_stops_it_in_one_line(
+    batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
+) -> None:
+    client = batch.client()
+    make_pool(client, "borrowed")
+    write_inputs(job_dir, {"a.txt": "a"})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "orphaned",
+                "inputs": ["*.txt"],
+                "command": "sleep 60",
+                "outputs": ["*.out"],
+            },
+            "backends.azure-batch": {"pool_id": "borrowed"},
+        },
+    )
+    run = start_run(job_dir, azure_container, batch_env)
+    wait_until(lambda: _running_tasks(batch) >= 1)
+    client.begin_delete_pool("borrowed", polling_interval=1)
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 2, stderr + stdout
+    assert stderr.strip().splitlines() == [
+        "fanout: error: pool 'borrowed' was deleted while the run was using it"
+    ]
+    assert list(client.list_jobs()) == []  # the run's job went too
+
+
+def test_a_short_outage_of_the_service_does_not_stop_a_run(
+    batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
+) -> None:
+    write_inputs(job_dir, {"a.txt": "a", "b.txt": "b"})
+    release = job_dir / "release"
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "outage",
+                "inputs": ["*.txt"],
+                "command": f"while [ ! -e {release} ]; do sleep 0.1; done; cp {{input}} x.out",
+                "outputs": ["*.out"],
+            },
+            "backends.azure-batch": {"slots": 2},
+        },
+    )
+    run = start_run(job_dir, azure_container, batch_env)
+    wait_until(lambda: _running_tasks(batch) == 2)
+    # Longer than the SDK's own retries (ten, a second apart): a poll fails, and the next.
+    batch.emulator.busy.refuse_for(13)
+    release.touch()
+    stdout, stderr = run.communicate(timeout=90)
+    assert run.returncode == 0, stderr + stdout
+    assert "ServerBusy" in stderr and "asking again" in stderr
+    assert (job_dir / "out" / "b" / "x.out").read_text() == "b"
+    assert nothing_left(batch)

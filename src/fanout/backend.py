@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -159,11 +159,12 @@ class Backend(abc.ABC):
     def preflight(self) -> None:  # noqa: B027 - a hook with nothing to check by default
         """Check that the backend can run (reachable, credentials accepted); create nothing."""
 
-    def reattach(self) -> set[str]:
-        """On a resumed run, before ``provision``: the ids of tasks that an earlier attempt
-        (``RunContext.earlier_job_ids``) left running or finished with the backend, and that
-        ``poll`` will report. The scheduler does not submit them again. By default nothing
-        outlives a run, so there are none."""
+    def reattach(self, pending: Set[str]) -> set[str]:
+        """On a resumed run, before ``provision``: of the ``pending`` tasks (those the run
+        still needs), the ids of those that an earlier attempt (``RunContext.earlier_job_ids``)
+        left running or finished with the backend, and that ``poll`` will report. The
+        scheduler does not submit them again. By default nothing outlives a run, so there are
+        none."""
         return set()
 
     @abc.abstractmethod

@@ -160,14 +160,16 @@ class _RedactingFormatter(logging.Formatter):
 
 
 def configure_logging(verbosity: int) -> None:
-    """Log to stderr: fanout's own steps at -v, everything (SDK requests too) at -vv; secrets
-    are removed from every line."""
-    if not verbosity:
-        return
+    """Log to stderr: warnings only by default, fanout's own steps at -v, everything (SDK
+    requests too) at -vv; secrets are removed from every line."""
     handler = logging.StreamHandler()
-    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
+    if not verbosity:
+        handler.setFormatter(_RedactingFormatter("fanout: %(message)s"))
+        root.setLevel(logging.WARNING)
+        return
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if verbosity == 1:
         root.setLevel(logging.WARNING)
         logging.getLogger("fanout").setLevel(logging.INFO)

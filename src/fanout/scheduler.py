@@ -160,7 +160,8 @@ class _Run:
             staged = self._stage(pending)
             if pending:
                 provisioned = True  # a half-finished provision still needs a teardown
-                adopted = self.backend.reattach() if self.ledger.job_ids[:-1] else set()
+                resumed = len(self.ledger.job_ids) > 1
+                adopted = self.backend.reattach({r.id for r in pending}) if resumed else set()
                 if adopted:
                     log.info("reattached to %d tasks of an earlier attempt", len(adopted))
                 log.info("provisioning nodes on backend %s", self.backend.name)
@@ -176,15 +177,26 @@ class _Run:
         finally:
             # Also on an unexpected error: stop what runs, release what was made, record it.
             with signals_deferred():
-                if provisioned:
-                    if not completed:
-                        self.backend.cancel()
-                    self.backend.teardown(keep=self._any_failed())
-                    self.ledger.leftovers = self.backend.leftovers()
-                record_path = self._record(completed)
+                record_path = self._release(provisioned, completed)
         exit_code = stopped_by or (ExitCode.TASKS_FAILED if self._any_failed() else ExitCode.OK)
         self.reporter.finished(self.ledger, record_path, exit_code)
         return Outcome(exit_code, self.ledger, record_path)
+
+    def _release(self, provisioned: bool, completed: bool) -> Path:
+        """Stop what still runs, tear down what the backend made and write the run record:
+        each step even if the one before it failed (its error then goes on up)."""
+        try:
+            if provisioned and not completed:
+                self.backend.cancel()
+        finally:
+            try:
+                if provisioned:
+                    self.backend.teardown(keep=self._any_failed())
+            finally:
+                if provisioned:
+                    self.ledger.leftovers = self.backend.leftovers()
+                record_path = self._record(completed)
+        return record_path
 
     def _stage(self, pending: list[TaskRecord]) -> dict[Path, StagedFile]:
         files = [*self.prepared.plan.app_files, *(Path(r.input) for r in pending)]
@@ -247,14 +259,14 @@ class _Run:
                     log.debug("task %s: %s", update.task_id, update.state.value)
                     record = self.ledger.tasks[update.task_id]
                     _apply(record, update)
-                    if update.state is TaskState.SUCCEEDED:
-                        collecting[collector.submit(self._collect, record)] = record.id
-                        continue
-                    if update.state is TaskState.FAILED:
-                        record.state = "failed"
-                        record.stderr_tail = redact(self._stderr_tail(record.id))
-                        outstanding.discard(record.id)
-                    self.reporter.task_changed(record)
+                    finish = {
+                        TaskState.SUCCEEDED: self._collect,
+                        TaskState.FAILED: self._record_failure,
+                    }.get(update.state)
+                    if finish is not None:  # in the pool: downloads must not hold up polls
+                        collecting[collector.submit(finish, record)] = record.id
+                    else:
+                        self.reporter.task_changed(record)
                 for future in [f for f in collecting if f.done()]:
                     record = self.ledger.tasks[collecting.pop(future)]
                     future.result()
@@ -277,6 +289,10 @@ class _Run:
             record.state, record.error = "failed", str(exc)
         except (OSError, StorageError) as exc:
             record.state, record.error = "failed", redact(f"cannot collect outputs: {exc}")
+
+    def _record_failure(self, record: TaskRecord) -> None:
+        record.stderr_tail = redact(self._stderr_tail(record.id))
+        record.state = "failed"
 
     def _stderr_tail(self, task_id: str) -> str:
         """From the backend, or else from the logs it uploaded (``TaskSpec.logs_destination``)."""

@@ -5,16 +5,17 @@ dies with the job, on a named pool kept for later runs (``keep_pool``), or on an
 What outlives this process is bounded by the Batch service itself: the job's maxWallClockTime
 is the run's budget and, once its tasks are added, onAllTasksComplete=terminatejob; an
 auto-pool goes when its job ends. So a client killed at any point leaves nothing billing for
-longer than the budget.
+longer than the budget, but a pool kept on purpose.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
@@ -54,30 +55,53 @@ SUBMIT_CONCURRENCY = 4
 """Task-collection requests in flight at once."""
 DELETE_TIMEOUT_S = 120
 """How long teardown waits for the service to delete the job before recording it as left."""
+ALREADY_ENDING = frozenset({"JobCompleted", "JobBeingTerminated", "JobBeingDeleted"})
+"""Batch's refusals to stop or delete a job that is on its way out already."""
+POLL_FAILURES_TOLERATED = 5
+"""Polls in a row that may fail for want of an answer before the run stops: a long run
+rides out a short outage of the service or the network."""
 
 
 def batch_errors(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Turn an answer of the Batch service that stops the run into one ``BackendError`` line
-    naming what fanout was ``doing`` (throttling and transient errors were already retried
-    by the SDK)."""
+    """Turn an error of the Batch service or the network that stops the run into one
+    ``BackendError`` line naming what fanout was ``doing`` (the SDK has already retried
+    throttling answered with Retry-After, and transient errors)."""
 
     def decorate(method: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(method)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            from azure.core.exceptions import HttpResponseError, ServiceRequestError
+            from azure.core.exceptions import AzureError
 
             try:
                 return method(*args, **kwargs)
-            except HttpResponseError as exc:
-                code = exc.error.code if exc.error is not None else exc.status_code
-                reason = (exc.message or "").splitlines()[0] if exc.message else ""
-                raise BackendError(f"Batch refused {doing}: {code}: {reason}") from None
-            except ServiceRequestError as exc:
-                raise BackendError(f"Batch could not be reached while {doing}: {exc}") from None
+            except AzureError as exc:
+                raise BackendError(describe(exc, doing)) from None
 
         return wrapper
 
     return decorate
+
+
+def describe(exc: Exception, doing: str) -> str:
+    """One line for an error of the SDK while fanout was ``doing`` something."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    if isinstance(exc, HttpResponseError) and exc.response is not None:
+        code = exc.error.code if exc.error is not None else exc.status_code
+        reason = (exc.message or "").strip().splitlines()
+        return f"Batch refused {doing}: {code}" + (f": {reason[0]}" if reason else "")
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        return f"Batch could not be reached while {doing}: {exc}"
+    return f"Batch failed while {doing}: {exc}"
+
+
+def transient(exc: Exception) -> bool:
+    """An error worth another try later: no answer, throttling, or the service's own fault."""
+    from azure.core.exceptions import HttpResponseError
+
+    if not isinstance(exc, HttpResponseError) or exc.response is None:
+        return True
+    return exc.status_code in (408, 429) or (exc.status_code or 0) >= 500
 
 
 class AzureBatchBackend(Backend):
@@ -97,7 +121,7 @@ class AzureBatchBackend(Backend):
         self._image: tuple[Any, str] | None = None
         self.job_id = context.job_id
         self._job_exists = False
-        self._created_pool: str | None = None
+        self._kept_pool_created: str | None = None
         self._stale_jobs: list[str] = []
         self._task_app_files: tuple[ResourceFile, ...] = ()
         self._pool_env: dict[str, str] = {}
@@ -107,6 +131,7 @@ class AzureBatchBackend(Backend):
         self._nodes: NodeWatcher | None = None
         self._status: str | None = None
         self._next_poll = 0.0
+        self._failed_polls = 0
         self._leftovers: list[str] = []
 
     @property
@@ -124,34 +149,48 @@ class AzureBatchBackend(Backend):
         if self._settings.pool_id is None or self._settings.keep_pool:
             self._image = resolve_image(self.client, self._settings.image)
 
-    @batch_errors("reattaching to the earlier job")
-    def reattach(self) -> set[str]:
-        """Adopt the earlier attempt's tasks that succeeded or may still: all but the failed
-        ones while its job is active, only those that succeeded once it has ended. Its job
-        then goes on by itself (it ends when its tasks have completed) and is followed beside
-        the new one, which runs the rest; nothing is deleted from it, nothing runs twice."""
+    @batch_errors("reattaching to the earlier jobs")
+    def reattach(self, pending: Set[str]) -> set[str]:
+        """Adopt the pending tasks that an earlier attempt's job ran or may still run: all
+        but the failed ones while the job is active, only those that succeeded once it has
+        ended. Each earlier job then goes on by itself (it ends when its tasks have
+        completed) and is followed beside the new one, which runs the rest; nothing is
+        deleted from it, nothing runs twice. A task is taken from the newest job that has it.
+        """
+        adopted: set[str] = set()
+        seen: set[str] = set()
+        for earlier in reversed(self.context.earlier_job_ids):
+            seen_here = self._reattach_job(earlier, pending - seen, adopted)
+            seen |= seen_here
+        log.info("reattached to %d tasks of earlier jobs", len(adopted))
+        return adopted
+
+    def _reattach_job(self, job_id: str, candidates: Set[str], adopted: set[str]) -> set[str]:
+        """Adopt from ``job_id`` (into ``adopted``) those of ``candidates`` it can finish;
+        the ids of the tasks it has."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        earlier = self.context.earlier_job_ids[-1]
         try:
-            job = self.client.get_job(earlier, select=["id", "state", "executionInfo"])
+            job = self.client.get_job(job_id, select=["id", "state", "executionInfo", "poolInfo"])
         except ResourceNotFoundError:
             return set()
+        self._stale_jobs.append(job_id)  # it exists: this run deletes it at the end
         state = wire_value(job.state)
-        if state not in ("active", "terminating", "completed"):
-            return set()
         fields = ["id", "state", "executionInfo", "nodeInfo"]
-        updates = [task_update(task) for task in self.client.list_tasks(earlier, select=fields)]
+        updates = [task_update(task) for task in self.client.list_tasks(job_id, select=fields)]
         keep = {TaskState.SUCCEEDED} | ({TaskState.RUNNING} if state == "active" else set())
-        adopted = {update.task_id for update in updates if update.state in keep}
-        self._stale_jobs.append(earlier)
-        monitor = TaskMonitor(self.client, earlier, ignore={u.task_id for u in updates} - adopted)
-        monitor.expect(len(adopted))
-        self._monitors.append(monitor)
-        pool_id = job.execution_info.pool_id if job.execution_info is not None else None
-        self._nodes = NodeWatcher(self.client, earlier, pool_id)
-        log.info("reattached to job %s (%s): %d tasks adopted", earlier, state, len(adopted))
-        return adopted
+        mine = {u.task_id for u in updates if u.state in keep and u.task_id in candidates}
+        if mine:
+            adopted |= mine
+            monitor = TaskMonitor(self.client, job_id)
+            monitor.expect(mine)
+            self._monitors.append(monitor)
+            if state == "active" and self._nodes is None:
+                info, auto = job.execution_info, job.pool_info.auto_pool_specification
+                pool_id = info.pool_id if info is not None else None
+                self._nodes = NodeWatcher(self.client, job_id, pool_id, auto_pool=auto is not None)
+        log.info("job %s (%s): %d tasks adopted", job_id, state, len(mine))
+        return {u.task_id for u in updates}
 
     @batch_errors("preparing the pool")
     def provision(self, pool: PoolSpec) -> None:
@@ -194,8 +233,9 @@ class AzureBatchBackend(Backend):
             spec = pool_specification(
                 settings, self._resolved_image(), pool, self.context.run_id, kept=True
             )
+            self._kept_pool_created = pool_id  # before: a create whose answer is lost counts
             create_named_pool(self.client, pool_id, spec)
-            self._created_pool, in_shared_dir = pool_id, True
+            in_shared_dir = True
         if not in_shared_dir:
             self._task_app_files = pool.app_files
         return m.BatchPoolInfo(pool_id=pool_id), pool_id
@@ -213,20 +253,25 @@ class AzureBatchBackend(Backend):
         completed: set once they are in, since a job without tasks may end at once."""
         from azure.batch import models as m
         from azure.batch.models import CreateTasksError
+        from azure.core.exceptions import ResourceExistsError
 
         if not tasks:
             return
         if not self._job_exists:
-            self.client.create_job(self._new_job)
-            self._job_exists = True
+            self._job_exists = True  # before: a create whose answer is lost is still deleted
+            # JobExists: the SDK's retry of a create that went through; the id is this run's.
+            with contextlib.suppress(ResourceExistsError):
+                self.client.create_job(self._new_job)
             self._monitors.append(TaskMonitor(self.client, self.job_id))
-            self._nodes = NodeWatcher(self.client, self.job_id, self._pool_id)
+            self._nodes = NodeWatcher(
+                self.client, self.job_id, self._pool_id, auto_pool=self._pool_id is None
+            )
             where = self._pool_id or f"an auto-pool of {self._settings.vm_size}"
             log.info("job %s on %s", self.job_id, where)
         batch_tasks = [
             batch_task(task, self.job_id, self._pool_env, self._task_app_files) for task in tasks
         ]
-        self._monitors[-1].expect(len(batch_tasks))
+        self._monitors[-1].expect(task.id for task in tasks)
         try:
             self.client.create_tasks(self.job_id, batch_tasks, max_concurrency=SUBMIT_CONCURRENCY)
         except CreateTasksError as exc:
@@ -235,67 +280,87 @@ class AzureBatchBackend(Backend):
             self.job_id, m.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
         )
 
-    @batch_errors("following the tasks")
     def poll(self, timeout: float) -> list[TaskUpdate]:
-        """Ask the service at most once per ``poll_interval``, however often this is called."""
+        """Ask the service at most once per ``poll_interval``, however often this is called.
+        A poll that gets no answer is tried again at the next interval, a few times."""
+        from azure.core.exceptions import AzureError
+
         wait = self._next_poll - time.monotonic()
-        if wait > timeout or all(monitor.done for monitor in self._monitors):
+        following = [monitor for monitor in self._monitors if not monitor.done]
+        if wait > timeout or not following:
             time.sleep(max(timeout, 0))
             return []
         time.sleep(max(wait, 0))
         self._next_poll = time.monotonic() + self._settings.poll_interval
+        try:
+            updates = self._ask(following)
+        except AzureError as exc:
+            self._failed_polls += 1
+            if not transient(exc) or self._failed_polls >= POLL_FAILURES_TOLERATED:
+                raise BackendError(describe(exc, "following the tasks")) from None
+            log.warning("%s; asking again", describe(exc, "following the tasks"))
+            return []
+        self._failed_polls = 0
+        return updates
+
+    def _ask(self, following: list[TaskMonitor]) -> list[TaskUpdate]:
         if self._nodes is not None:
             watch = self._nodes.poll()
             for failure in watch.failed_setup:
                 log.warning("%s", failure)
             self._status = watch.status
-        return [update for monitor in self._monitors for update in monitor.poll()]
+        return [update for monitor in following for update in monitor.poll()]
 
     def status(self) -> str | None:
         return self._status
 
     def cancel(self) -> None:
+        """Terminate this attempt's job: its running tasks stop, queued ones never start."""
         if not self._job_exists:
             return
         from azure.batch.models._models import BatchJobTerminateOptions
-        from azure.core.exceptions import HttpResponseError
 
-        try:
-            self.client.begin_terminate_job(
-                self.job_id,
-                options=BatchJobTerminateOptions(termination_reason="fanout cancelled"),
-                polling_interval=1,
-            ).result(timeout=DELETE_TIMEOUT_S)
-        except HttpResponseError as exc:
-            log.warning("could not terminate job %s: %s", self.job_id, exc.message)
+        self._wait_for(
+            f"stopping job {self.job_id}",
+            self.client.begin_terminate_job,
+            self.job_id,
+            options=BatchJobTerminateOptions(termination_reason="fanout cancelled"),
+        )
 
     def teardown(self, keep: bool = False) -> None:
-        """Delete the jobs of this run (an auto-pool goes with its job) and a pool fanout
-        created, unless ``keep_pool``. ``keep`` is ignored: nodes kept for inspection bill by
-        the hour, and each task's logs are in the run's storage."""
+        """Delete the jobs of this run (an auto-pool goes with its job); a pool created with
+        ``keep_pool`` stays, and is recorded. ``keep`` is ignored: nodes kept for inspection
+        bill by the hour, and each task's logs are in the run's storage."""
         for job_id in [*self._stale_jobs, *([self.job_id] if self._job_exists else [])]:
-            self._delete(f"job {job_id}", self.client.begin_delete_job, job_id)
+            if not self._wait_for(f"deleting job {job_id}", self.client.begin_delete_job, job_id):
+                self._leftovers.append(f"job {job_id} (not deleted; fanout clean removes it)")
         self._job_exists = False
-        if self._created_pool is not None:
-            if self._settings.keep_pool:
-                self._leftovers.append(f"pool {self._created_pool} (kept: keep_pool)")
-            else:
-                self._delete(
-                    f"pool {self._created_pool}", self.client.begin_delete_pool, self._created_pool
-                )
+        if self._kept_pool_created is not None:
+            self._leftovers.append(f"pool {self._kept_pool_created} (kept: keep_pool)")
 
-    def _delete(self, what: str, begin: Any, resource_id: str) -> None:
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    def _wait_for(self, doing: str, begin: Any, resource_id: str, **options: Any) -> bool:
+        """Start a long-running operation and wait for it; False (and a warning) if it
+        failed or did not finish in time. A job already gone, or already ending, needs
+        nothing more."""
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
         try:
-            begin(resource_id, polling_interval=1).result(timeout=DELETE_TIMEOUT_S)
+            poller = begin(resource_id, polling_interval=1, **options)
+            poller.result(timeout=DELETE_TIMEOUT_S)
         except ResourceNotFoundError:
-            pass
+            return True
         except HttpResponseError as exc:
-            log.warning("could not delete %s: %s", what, exc.message)
-            self._leftovers.append(f"{what} (delete failed; fanout clean removes it)")
-        except TimeoutError:
-            self._leftovers.append(f"{what} (still being deleted)")
+            if exc.error is not None and exc.error.code in ALREADY_ENDING:
+                return True
+            log.warning("%s", describe(exc, doing))
+            return False
+        except AzureError as exc:
+            log.warning("%s", describe(exc, doing))
+            return False
+        if not poller.done() or poller.status() != "Succeeded":
+            log.warning("%s: not done after %d s", doing, DELETE_TIMEOUT_S)
+            return False
+        return True
 
     @classmethod
     def clean(
@@ -313,9 +378,16 @@ class AzureBatchBackend(Backend):
 def _submission_failure(exc: Any) -> str:
     """One line for a submission the SDK could not finish."""
     for failure in exc.failure_tasks:
-        error = failure.error
-        detail = f"{error.code}: {error.message}" if error is not None else "refused"
-        return f"Batch refused task {failure.task_id}: {detail}"
+        return f"Batch refused task {failure.task_id}: {describe_refusal(failure.error)}"
     for error in exc.errors:
         return f"could not add the tasks: {error}"
     return "could not add the tasks"
+
+
+def describe_refusal(error: Any) -> str:
+    """A ``BatchError``: its code, message and the details that name what is wrong."""
+    if error is None:
+        return "refused"
+    message = getattr(error.message, "value", None) or ""
+    details = [f"{item.key}: {item.value}" for item in error.error_values or []]
+    return "; ".join([f"{error.code}: {message}".rstrip(": "), *details])

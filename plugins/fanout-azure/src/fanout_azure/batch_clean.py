@@ -26,45 +26,63 @@ DELETE_TIMEOUT_S = 300
 
 def clean(settings: AzureBatchSettings, *, dry_run: bool, everything: bool) -> list[str]:
     """Delete (unless ``dry_run``) fanout's leftovers; one line per item found."""
-    from azure.core.exceptions import HttpResponseError
+    from azure.core.exceptions import AzureError
 
     resolved = settings.with_environment(os.environ)
     client = batch_client(resolved, os.environ)
     preflight(client, resolved.model_copy(update={"pool_id": None}))
     try:
         return _clean(client, dry_run=dry_run, everything=everything)
-    except HttpResponseError as exc:
-        raise BackendError(f"Batch account {resolved.account_label()}: {exc.message}") from None
+    except AzureError as exc:
+        raise BackendError(f"Batch account {resolved.account_label()}: {exc}") from None
 
 
 def _clean(client: BatchClient, *, dry_run: bool, everything: bool) -> list[str]:
     found: list[str] = []
     jobs = [job for job in client.list_jobs() if RUN_KEY in _marks(job)]
-    in_use: set[str] = set()
+    pools_in_use: set[str] = set()
+    runs_in_progress: set[str] = set()
     for job in jobs:
         state = wire_value(job.state)
         if state == "deleting":
             continue
-        pool_id = job.execution_info.pool_id if job.execution_info is not None else None
         if state in ("active", "disabled") and not everything:
-            if pool_id:
-                in_use.add(pool_id)
+            if job.execution_info is not None and job.execution_info.pool_id:
+                pools_in_use.add(job.execution_info.pool_id)
+            runs_in_progress.add(_marks(job)[RUN_KEY])  # its auto-pool may have no id yet
             continue
         found.append(f"job {job.id} ({state}, run {_marks(job)[RUN_KEY]})")
         if not dry_run:
-            client.begin_delete_job(job.id, polling_interval=1).result(timeout=DELETE_TIMEOUT_S)
+            found[-1] += _deleted(client.begin_delete_job, job.id)
     for pool in client.list_pools():
         marks = _marks(pool)
         state = wire_value(pool.state)
-        if RUN_KEY not in marks or state == "deleting" or pool.id in in_use:
+        if RUN_KEY not in marks or state == "deleting" or pool.id in pools_in_use:
             continue
-        if KEEP_KEY in marks and not everything:
+        if marks[RUN_KEY] in runs_in_progress or (KEEP_KEY in marks and not everything):
             continue
         kept = " kept with keep_pool" if KEEP_KEY in marks else ""
         found.append(f"pool {pool.id}{kept} (run {marks[RUN_KEY]})")
         if not dry_run:
-            client.begin_delete_pool(pool.id, polling_interval=1)
+            found[-1] += _deleted(client.begin_delete_pool, pool.id, wait=False)
     return found
+
+
+def _deleted(begin: Any, resource_id: str, wait: bool = True) -> str:
+    """Delete a resource; "" when done (or on its way), else why not, to follow its line."""
+    from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+    try:
+        poller = begin(resource_id, polling_interval=1)
+        if wait:
+            poller.result(timeout=DELETE_TIMEOUT_S)
+    except ResourceNotFoundError:
+        return ""
+    except AzureError as exc:
+        return f": not deleted: {str(exc).strip().splitlines()[0]}"
+    if wait and not poller.done():
+        return ": still being deleted"
+    return ""
 
 
 def _marks(resource: Any) -> dict[str, str]:

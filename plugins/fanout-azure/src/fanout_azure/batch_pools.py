@@ -34,7 +34,9 @@ SETUP_KEY = "fanout-setup"
 """Metadata on a pool fanout created: the fingerprint of its app files and setup."""
 STDERR_TAIL_LINES = 20
 READY_STATES = frozenset({"idle", "running"})
-FAILED_STATES = frozenset({"starttaskfailed", "unusable"})
+RESIZE_POLLING_S = 300
+"""How often the SDK's resize poller, which fanout does not wait for, asks about the pool:
+seldom, since the node watcher follows the pool anyway."""
 
 
 def setup_fingerprint(pool: PoolSpec) -> str:
@@ -62,16 +64,6 @@ def pool_specification(
     """The pool fanout creates: its nodes, and a start task that brings the app and runs setup."""
     from azure.batch import models as m
 
-    copy_app = [f'cp {shlex.quote(f.path)} "{SHARED_APP_DIR}"/' for f in pool.app_files]
-    script = "\n".join(
-        (
-            "set -e",
-            *copy_app,
-            f'cd "{SHARED_APP_DIR}"',
-            f'export FANOUT_APP_DIR="{SHARED_APP_DIR}"',
-            setup_script(pool.setup),
-        )
-    )
     reference, agent = image
     spec = m.BatchPoolSpecification(
         vm_size=settings.vm_size,
@@ -79,13 +71,7 @@ def pool_specification(
             image_reference=reference, node_agent_sku_id=agent
         ),
         task_slots_per_node=settings.slots,
-        start_task=m.BatchStartTask(
-            command_line=f"/bin/sh -c {shlex.quote(script)}",
-            resource_files=resource_files(pool.app_files),
-            environment_settings=environment(pool.env),
-            wait_for_success=True,
-            max_task_retry_count=0,
-        ),
+        start_task=start_task(pool),
         metadata=metadata(
             run_id,
             **{SETUP_KEY: setup_fingerprint(pool)},
@@ -101,6 +87,29 @@ def pool_specification(
     return spec
 
 
+def start_task(pool: PoolSpec) -> Any:
+    """What each node runs as it joins the pool: the app files, then ``[job] setup``."""
+    from azure.batch import models as m
+
+    copy_app = [f'cp {shlex.quote(f.path)} "{SHARED_APP_DIR}"/' for f in pool.app_files]
+    script = "\n".join(
+        (
+            "set -e",
+            *copy_app,
+            f'cd "{SHARED_APP_DIR}"',
+            f'export FANOUT_APP_DIR="{SHARED_APP_DIR}"',
+            setup_script(pool.setup),
+        )
+    )
+    return m.BatchStartTask(
+        command_line=f"/bin/sh -c {shlex.quote(script)}",
+        resource_files=resource_files(pool.app_files),
+        environment_settings=environment(pool.env),
+        wait_for_success=True,
+        max_task_retry_count=0,
+    )
+
+
 def create_named_pool(client: BatchClient, pool_id: str, spec: Any) -> None:
     """Create the pool ``spec`` (a pool specification) describes, named ``pool_id``."""
     from azure.batch import models as m
@@ -113,7 +122,10 @@ def reuse_pool(
 ) -> bool:
     """Check that the existing pool ``pool_id`` can run this job and grow it to the
     node counts the settings ask for. True if its nodes already hold the app files in their
-    shared directory (a pool fanout created for the same app and setup)."""
+    shared directory (a pool fanout created for the same app and setup).
+
+    The start task of such a pool gets this run's URLs: those of the run that created it
+    have expired or will, and nodes that join later (grown, recovered, scaled) run it."""
     from azure.batch import models as m
 
     existing = client.get_pool(pool_id)
@@ -124,7 +136,7 @@ def reuse_pool(
         if SETUP_KEY in marks:
             raise BackendError(
                 f"{name} was set up for other app files or setup commands;"
-                " delete it (fanout clean) or name another pool"
+                " delete it (fanout clean --all) or name another pool"
             )
         raise BackendError(
             f"{name} was not created by fanout, so it cannot run [job] setup: move the setup"
@@ -135,19 +147,33 @@ def reuse_pool(
     grow_spot = "spot_nodes" in wanted and settings.spot_nodes > (
         existing.target_low_priority_nodes or 0
     )
-    if (grow_dedicated or grow_spot) and not existing.enable_auto_scale:
-        log.info("growing %s to %d + %d nodes", name, settings.nodes, settings.spot_nodes)
-        client.begin_resize_pool(
-            existing.id,
-            m.BatchPoolResizeOptions(
-                target_dedicated_nodes=max(settings.nodes, existing.target_dedicated_nodes or 0),
-                target_low_priority_nodes=max(
-                    settings.spot_nodes, existing.target_low_priority_nodes or 0
-                ),
-            ),
-            polling_interval=1,
-        )
+    if same_setup:
+        client.update_pool(pool_id, m.BatchPoolUpdateOptions(start_task=start_task(pool)))
+    if grow_dedicated or grow_spot:
+        _grow(client, existing, settings)
     return same_setup
+
+
+def _grow(client: BatchClient, pool: Any, settings: AzureBatchSettings) -> None:
+    """Resize ``pool`` up to the node counts of ``settings``, when Batch allows it."""
+    from azure.batch import models as m
+
+    name = f"pool '{pool.id}'"
+    if pool.enable_auto_scale:
+        log.warning("%s scales itself: its node counts are left to its formula", name)
+        return
+    if wire_value(pool.allocation_state) != "steady":
+        log.warning("%s is resizing already: not grown to the nodes asked for", name)
+        return
+    log.info("growing %s to %d + %d nodes", name, settings.nodes, settings.spot_nodes)
+    client.begin_resize_pool(
+        pool.id,
+        m.BatchPoolResizeOptions(
+            target_dedicated_nodes=max(settings.nodes, pool.target_dedicated_nodes or 0),
+            target_low_priority_nodes=max(settings.spot_nodes, pool.target_low_priority_nodes or 0),
+        ),
+        polling_interval=RESIZE_POLLING_S,
+    )
 
 
 @dataclass
@@ -161,13 +187,19 @@ class NodeWatch:
 
 class NodeWatcher:
     """Watches a pool's nodes: progress while they come up, allocation errors and start task
-    failures as they appear. Two requests per poll at most: the pool and its nodes."""
+    failures as they appear. Each poll gets the pool and lists its nodes (one page per
+    thousand nodes), plus the stderr of each node whose start task newly failed."""
 
-    def __init__(self, client: BatchClient, job_id: str, pool_id: str | None) -> None:
+    def __init__(
+        self, client: BatchClient, job_id: str, pool_id: str | None, *, auto_pool: bool
+    ) -> None:
+        """``pool_id`` None: the job's auto-pool, whose id the job tells once it has one."""
         self.client = client
         self.job_id = job_id
         self.pool_id = pool_id
+        self.auto_pool = auto_pool
         self._reported_failures: set[str] = set()
+        self._reported_unusable: set[str] = set()
         self._reported_errors: set[str] = set()
         self._gone = False
 
@@ -178,8 +210,12 @@ class NodeWatcher:
             return NodeWatch(None, [])
         try:
             return self._poll()
-        except ResourceNotFoundError:  # the job ended and took its auto-pool with it
-            self._gone = True
+        except ResourceNotFoundError:
+            if not self.auto_pool:
+                raise BackendError(
+                    f"pool '{self.pool_id}' was deleted while the run was using it"
+                ) from None
+            self._gone = True  # the job ended and took its auto-pool with it
             return NodeWatch(None, [])
 
     def _poll(self) -> NodeWatch:
@@ -203,18 +239,29 @@ class NodeWatcher:
         self._check_allocation(pool, nodes)
         states = [wire_value(node.state) for node in nodes]
         ready = sum(state in READY_STATES for state in states)
-        failed = [n for n in nodes if wire_value(n.state) in FAILED_STATES]
+        failed = [n for n in nodes if wire_value(n.state) == "starttaskfailed"]
         failures = [self._setup_failure(n) for n in failed if n.id not in self._reported_failures]
         self._reported_failures |= {n.id for n in failed}
         if nodes and len(failed) == len(nodes) and wire_value(pool.allocation_state) == "steady":
             raise SetupError(
                 failures[0] if failures else f"setup failed on every node of {pool.id}"
             )
+        self._report_unusable([n.id for n in nodes if wire_value(n.state) == "unusable"])
         target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
         status = f"nodes: {ready} of {target or len(nodes)} ready"
         if failed:
             status += f", {len(failed)} failed setup"
+        if self._reported_unusable:
+            status += f", {len(self._reported_unusable)} unusable"
         return NodeWatch(status, failures)
+
+    def _report_unusable(self, unusable: list[str]) -> None:
+        """An unusable node (Batch lost it, or its disk filled) may come back; say so once."""
+        for node_id in sorted(set(unusable) - self._reported_unusable):
+            log.warning(
+                "node %s of pool %s is unusable; Batch may recover it", node_id, self.pool_id
+            )
+        self._reported_unusable = set(unusable)
 
     def _check_allocation(self, pool: Any, nodes: list[Any]) -> None:
         """Report each resize error once; with no node and none coming, stop the run."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fanout.errors import BackendError
 from fanout_azure.batch_settings import KEY_VARIABLE, AzureBatchSettings
+from fanout_azure.batch_tasks import wire_value
 
 if TYPE_CHECKING:
     from azure.batch import BatchClient
@@ -36,10 +37,12 @@ def preflight(client: BatchClient, settings: AzureBatchSettings) -> None:
     name the endpoint and account.
     """
     from azure.core.exceptions import (
+        AzureError,
         ClientAuthenticationError,
         HttpResponseError,
         ResourceNotFoundError,
         ServiceRequestError,
+        ServiceResponseError,
     )
 
     account = settings.account_label()
@@ -50,6 +53,8 @@ def preflight(client: BatchClient, settings: AzureBatchSettings) -> None:
         pool = client.get_pool(settings.pool_id, **QUICK)
     except ServiceRequestError:
         raise BackendError(f"cannot reach {settings.endpoint}") from None
+    except ServiceResponseError:
+        raise BackendError(f"no answer from {settings.endpoint}") from None
     except ClientAuthenticationError as exc:
         raise BackendError(_authentication_failed(account, exc)) from None
     except ResourceNotFoundError:
@@ -65,6 +70,10 @@ def preflight(client: BatchClient, settings: AzureBatchSettings) -> None:
         raise BackendError(
             f"Batch account {account} refused the preflight request: {code or exc.status_code}"
         ) from None
+    except AzureError as exc:
+        raise BackendError(
+            f"the preflight request to Batch account {account} failed: {exc}"
+        ) from None
     _check_pool(pool)
 
 
@@ -77,13 +86,15 @@ def _authentication_failed(account: str, exc: Exception) -> str:
 
 
 def _check_pool(pool: BatchPool) -> None:
-    """Refuse a pool that is being deleted, resizing, or has no node and will get none."""
+    """Refuse a pool that is being deleted, or has no node and will get none. A pool that is
+    resizing (or scaling itself) is fine: its nodes are on their way."""
     name = f"pool '{pool.id}'"
-    if pool.state != "active":
-        raise BackendError(f"{name} is {pool.state}, not active")
-    if pool.allocation_state != "steady":
-        raise BackendError(f"{name} is {pool.allocation_state}; wait until it is steady")
+    state = wire_value(pool.state)
+    if state != "active":
+        raise BackendError(f"{name} is {state}, not active")
+    if wire_value(pool.allocation_state) == "stopping":
+        raise BackendError(f"{name} is stopping a resize; wait until it is steady")
     nodes = (pool.current_dedicated_nodes or 0) + (pool.current_low_priority_nodes or 0)
     target = (pool.target_dedicated_nodes or 0) + (pool.target_low_priority_nodes or 0)
-    if nodes == 0 and target == 0:
+    if nodes == 0 and target == 0 and not pool.enable_auto_scale:
         raise BackendError(f"{name} has no nodes and a target of 0 nodes")

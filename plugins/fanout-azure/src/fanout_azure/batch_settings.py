@@ -9,6 +9,8 @@ so that job files hold no secret; without it the client authenticates through az
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -135,6 +137,10 @@ def _credential(settings: AzureBatchSettings, environ: Mapping[str, str]) -> Any
 
         return DefaultAzureCredential()
     register_secret(key)
+    try:
+        base64.b64decode(key, validate=True)
+    except binascii.Error:
+        raise BackendError(f"{KEY_VARIABLE} is not an account key: it is not base64") from None
     if not settings.account:
         raise BackendError(
             f"{KEY_VARIABLE} needs the Batch account's name: set {ACCOUNT_VARIABLE}"
