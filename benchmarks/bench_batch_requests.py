@@ -25,18 +25,20 @@ The minimum, from ``fanout_azure.batch_backend``, ``batch_monitor`` and ``batch_
   ``TaskMonitor.poll`` gets the job's task counts and, when the completed count moved, lists the
   tasks completed since the newest completion it saw (``$filter`` on stateTransitionTime; one
   request per 1,000 tasks listed). Beyond the minimum: a listing of the running tasks when the
-  running count moved (bounded by the slots, so never paged), and further pages. Below it: a poll
-  where no count moved costs 3, and once the job has ended and taken its auto-pool with it, 2
-  (task counts, and a pool get answered 404; the nodes are not listed).
+  running count moved (bounded by the slots, so never paged), and further pages. A poll where no
+  count moved costs 4 too: a get of the job (has it ended before running everything?) instead
+  of the listing. Below it: once the job has ended and taken its auto-pool with it, a pool get
+  answered 404 and no node listing. Once every task is reported, the service is not asked.
 - ``FIXED`` = 7: the preflight (list pools, ``maxresults=1``), the supported images (to pick the
   image), create job, update job (``onAllTasksComplete=terminatejob`` once the tasks are in), the
   first poll's job get that learns the auto-pool's id, the job delete, and the SDK's delete
   poller's job get (one 404 when the emulator deletes at once).
 
-The scheduler goes on polling while it downloads outputs, after the backend has reported every
-task. Those "idle" polls (after the last task listing) cost 2 requests each and grow with the
-time collection takes; the "w/o idle" ratio leaves them and their requests out. A ratio that
-stays flat from N = 250 to N = 10,000 means that no request is made per task.
+The scheduler goes on calling the backend's poll while it downloads the last outputs, but once
+every task is reported the backend asks the service nothing more. Polls after the last task
+listing ("idle") would be requests that grow with the time collection takes; the "w/o idle"
+ratio leaves them out, and there should be none. A ratio that stays flat from N = 250 to
+N = 10,000 means that no request is made per task.
 """
 
 from __future__ import annotations

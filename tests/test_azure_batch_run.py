@@ -222,6 +222,11 @@ def test_ctrl_c_leaves_nothing_the_run_created(
     record = load_record(job_dir / "out")
     assert record["status"] == "interrupted"
     assert record["leftovers"] == []
+    hint = (
+        f"resume it with: fanout run {job_dir / 'job.toml'} --backend azure-batch"
+        f" --storage az://{azure_container}/runs --resume {record['run_id']}"
+    )
+    assert hint in stdout
 
 
 def _running_tasks(batch: Running) -> int:

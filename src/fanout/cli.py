@@ -14,7 +14,7 @@ from rich.table import Table
 
 from fanout.errors import ExitCode, FanoutError
 from fanout.plugins import backends, get_backend, get_plugin_manager
-from fanout.prepare import RunOptions, backend_settings, prepare
+from fanout.prepare import DEFAULT_BACKEND, RunOptions, backend_settings, prepare
 from fanout.progress import make_reporter, print_plan
 from fanout.redact import redact
 from fanout.scheduler import Interrupted, interruptible, run
@@ -36,7 +36,7 @@ def cli() -> None:
 
 @cli.command(name="run")
 @click.argument("job_file", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--backend", default="local", show_default=True, help="Where tasks run.")
+@click.option("--backend", default=DEFAULT_BACKEND, show_default=True, help="Where tasks run.")
 @click.option("--storage", help="Storage URL (fsspec), overriding [storage] url.")
 @click.option(
     "--out",

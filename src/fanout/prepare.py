@@ -27,11 +27,14 @@ from fanout.storage import default_storage_url, normalize_url
 DEFAULT_OUT = Path("fanout-out")
 
 
+DEFAULT_BACKEND = "local"
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What the command line says about a run; ``None`` leaves the job file's choice."""
 
-    backend: str = "local"
+    backend: str = DEFAULT_BACKEND
     storage: str | None = None
     out: Path | None = None
     slots: int | None = None

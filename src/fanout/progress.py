@@ -6,6 +6,7 @@ display (rich) when the output is a terminal and plain lines otherwise (CI logs,
 
 from __future__ import annotations
 
+import shlex
 import threading
 import time
 from collections import Counter
@@ -21,7 +22,8 @@ from rich.text import Text
 
 from fanout.errors import ExitCode
 from fanout.ledger import Ledger, TaskRecord
-from fanout.prepare import DEFAULT_OUT, Prepared
+from fanout.prepare import DEFAULT_BACKEND, DEFAULT_OUT, Prepared
+from fanout.storage import default_storage_url
 
 STATES = ("pending", "running", "succeeded", "failed")
 
@@ -157,8 +159,9 @@ def print_summary(console: Console, ledger: Ledger, record_path: Path, exit_code
     if exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
         console.print(
             f"run {ledger.run_id} interrupted ({summary});"
-            f" resume it with: fanout run {ledger.job_file} --resume {ledger.run_id}",
+            f" resume it with: {escape(resume_command(ledger))}",
             highlight=False,
+            soft_wrap=True,  # a command to copy: never broken inside a path
         )
     else:
         console.print(f"run {ledger.run_id} finished: {summary}", highlight=False)
@@ -190,3 +193,14 @@ def print_plan(console: Console, prepared: Prepared) -> None:
         size = decimal(task.input.stat().st_size)
         table.add_row(Text(task.id), Text(f"{task.input} ({size})"), Text(task.command))
     console.print(table)
+
+
+def resume_command(ledger: Ledger) -> str:
+    """The command line that resumes ``ledger``'s run: the backend and storage it ran on
+    (unless they are the defaults), its run id."""
+    words = ["fanout", "run", ledger.job_file]
+    if ledger.backend != DEFAULT_BACKEND:
+        words += ["--backend", ledger.backend]
+    if ledger.storage.url != default_storage_url(Path(ledger.job_file).parent):
+        words += ["--storage", ledger.storage.url]
+    return shlex.join([*words, "--resume", ledger.run_id])
