@@ -271,9 +271,9 @@ def test_a_kept_pool_gives_nodes_that_join_later_this_runs_urls(
         )
 
     started = time.monotonic()
-    first = on_batch(write("10s", "1s", 1), azure_container, batch_env, "--out", job_dir / "o1")
+    first = on_batch(write("15s", "1s", 1), azure_container, batch_env, "--out", job_dir / "o1")
     assert first.returncode == 0, first.stderr + first.stdout
-    time.sleep(max(0.0, started + 12 - time.monotonic()))  # the first run's URLs have expired
+    time.sleep(max(0.0, started + 17 - time.monotonic()))  # the first run's URLs have expired
 
     second = on_batch(write("1h", "1h", 2), azure_container, batch_env, "--out", job_dir / "o2")
     assert second.returncode == 0, second.stderr + second.stdout

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from fsspec.utils import glob_translate
 
 from fanout.ledger import OutputRecord
 from fanout.storage import Storage, file_digest
@@ -19,13 +22,15 @@ def collect_outputs(
 
     Raises ``MissingOutput`` naming the first pattern that matched nothing.
     """
+    files = storage.files_under(prefix)  # one listing, then one download per file
     for pattern in patterns:
-        if not storage.fs.glob(f"{prefix}/{pattern}"):
+        matches = re.compile(glob_translate(pattern)).match
+        if not any(matches(relative) for relative in files):
             raise MissingOutput(f"missing output: no file matches '{pattern}'")
     records = []
-    for relative in storage.find(prefix):
+    for relative, info in files.items():
         local = f"{task_id}/{relative}"
-        digest = storage.download(f"{prefix}/{relative}", out_dir / local)
+        digest = storage.download(f"{prefix}/{relative}", out_dir / local, info)
         records.append(OutputRecord(path=local, bytes=digest.size, md5=digest.md5))
     return records
 

@@ -250,6 +250,7 @@ class _Run:
 
     def _monitor(self, outstanding: set[str]) -> None:
         collecting: dict[Future[None], str] = {}
+        finishers = {TaskState.SUCCEEDED: self._collect, TaskState.FAILED: self._record_failure}
         with ThreadPoolExecutor(COLLECT_CONCURRENCY, thread_name_prefix="collect") as collector:
             while outstanding:
                 timeout = 0.05 if collecting else POLL_TIMEOUT_S
@@ -259,10 +260,7 @@ class _Run:
                     log.debug("task %s: %s", update.task_id, update.state.value)
                     record = self.ledger.tasks[update.task_id]
                     _apply(record, update)
-                    finish = {
-                        TaskState.SUCCEEDED: self._collect,
-                        TaskState.FAILED: self._record_failure,
-                    }.get(update.state)
+                    finish = finishers.get(update.state)
                     if finish is not None:  # in the pool: downloads must not hold up polls
                         collecting[collector.submit(finish, record)] = record.id
                     else:

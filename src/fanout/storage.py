@@ -135,10 +135,11 @@ class Storage:
         with ThreadPoolExecutor(STAGING_CONCURRENCY, thread_name_prefix="stage") as pool:
             return {staged.source: staged for staged in pool.map(stage_one, unique)}
 
-    def download(self, path: str, destination: Path) -> Digest:
+    def download(self, path: str, destination: Path, info: dict[str, Any] | None = None) -> Digest:
         """Copy ``path`` to ``destination`` atomically, checked against the stored size (and
-        md5, where the storage keeps one); returns its digest."""
-        info = self.fs.info(path)
+        md5, where the storage keeps one); returns its digest. ``info``: the file's details
+        from a listing (``files_under``), which saves asking for them."""
+        info = info if info is not None else self.fs.info(path)
         stored_md5 = self.signer.stored_md5(info)
         with atomic_write(destination) as out, self.fs.open(path, "rb") as source:
             digest = copy_stream(source, out)
@@ -150,13 +151,19 @@ class Storage:
                 raise StorageError(f"download of {path} is corrupt: its md5 does not match")
         return digest
 
-    def find(self, prefix: str) -> list[str]:
-        """Every file under ``prefix``, as paths relative to it."""
-        if not self.fs.exists(prefix):
-            return []
-        return sorted(
-            full[len(prefix) + 1 :] for full in self.fs.find(prefix) if full.startswith(prefix)
-        )
+    def files_under(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every file under ``prefix`` with its details (size, and md5 where the storage keeps
+        one), by path relative to ``prefix``, sorted: one listing."""
+        try:
+            found = self.fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            return {}
+        start = len(prefix) + 1
+        return {
+            path[start:]: info
+            for path, info in sorted(found.items())
+            if path.startswith(f"{prefix}/") and info.get("type") != "directory"
+        }
 
     def remove(self, path: str) -> None:
         """Delete ``path`` and everything under it; a missing path is fine."""
