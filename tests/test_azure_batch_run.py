@@ -415,11 +415,42 @@ def test_a_short_outage_of_the_service_does_not_stop_a_run(
     )
     run = start_run(job_dir, azure_container, batch_env)
     wait_until(lambda: _running_tasks(batch) == 2)
-    # Longer than the SDK's own retries (ten, a second apart): a poll fails, and the next.
-    batch.emulator.busy.refuse_for(13)
+    # Longer than the SDK's own retries (three, a second apart): a poll fails, and the next.
+    batch.emulator.busy.refuse_for(8)
     release.touch()
     stdout, stderr = run.communicate(timeout=90)
     assert run.returncode == 0, stderr + stdout
     assert "ServerBusy" in stderr and "asking again" in stderr
     assert (job_dir / "out" / "b" / "x.out").read_text() == "b"
+    assert nothing_left(batch)
+
+
+def test_tasks_whose_submission_got_no_answer_are_added_once(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+) -> None:
+    write_inputs(job_dir, {f"t{n}.txt": str(n) for n in range(5)})
+    (job_dir / "started").mkdir()
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "unanswered",
+                "inputs": ["*.txt"],
+                "command": 'echo x >> "$STARTED/{task_id}"; cp {input} {input_stem}.out',
+                "outputs": ["*.out"],
+                "env": {"STARTED": str(job_dir / "started")},
+            }
+        },
+    )
+    batch.emulator.lost.lose("Tasks_CreateTaskCollection")  # carried out, answer lost
+    result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "adding them again" in result.stderr
+    assert received.count("Tasks_CreateTaskCollection") == 2
+    runs = {path.name: path.read_text().count("x") for path in (job_dir / "started").iterdir()}
+    assert runs == {f"t{n}": 1 for n in range(5)}  # the second submission added nothing twice
     assert nothing_left(batch)

@@ -53,13 +53,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 SUBMIT_CONCURRENCY = 4
 """Task-collection requests in flight at once."""
+SUBMIT_ATTEMPTS = 3
+"""Submissions of the tasks that a failed request may not have added, before the run stops."""
 DELETE_TIMEOUT_S = 120
 """How long teardown waits for the service to delete the job before recording it as left."""
 ALREADY_ENDING = frozenset({"JobCompleted", "JobBeingTerminated", "JobBeingDeleted"})
 """Batch's refusals to stop or delete a job that is on its way out already."""
-POLL_FAILURES_TOLERATED = 5
-"""Polls in a row that may fail for want of an answer before the run stops: a long run
-rides out a short outage of the service or the network."""
+OUTAGE_TOLERATED_S = 300
+"""How long polls may go without an answer (each after the SDK's own retries) before the run
+stops: a long run rides out a short outage of the service or the network."""
 
 
 def batch_errors(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -131,7 +133,7 @@ class AzureBatchBackend(Backend):
         self._nodes: NodeWatcher | None = None
         self._status: str | None = None
         self._next_poll = 0.0
-        self._failed_polls = 0
+        self._last_answer: float | None = None
         self._leftovers: list[str] = []
 
     @property
@@ -272,17 +274,31 @@ class AzureBatchBackend(Backend):
             batch_task(task, self.job_id, self._pool_env, self._task_app_files) for task in tasks
         ]
         self._monitors[-1].expect(task.id for task in tasks)
-        try:
-            self.client.create_tasks(self.job_id, batch_tasks, max_concurrency=SUBMIT_CONCURRENCY)
-        except CreateTasksError as exc:
-            raise BackendError(_submission_failure(exc)) from None
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            try:
+                self.client.create_tasks(
+                    self.job_id, batch_tasks, max_concurrency=SUBMIT_CONCURRENCY
+                )
+                break
+            except CreateTasksError as exc:
+                # Tasks whose request got no answer may be in: adding them again is safe,
+                # since the SDK counts TaskExists as added.
+                retry = not exc.failure_tasks and all(transient(e) for e in exc.errors)
+                if not retry or attempt == SUBMIT_ATTEMPTS:
+                    raise BackendError(_submission_failure(exc)) from None
+                log.warning(
+                    "%d tasks may not have been added (%s); adding them again",
+                    len(exc.pending_tasks),
+                    _submission_failure(exc),
+                )
+                batch_tasks = list(exc.pending_tasks)
         self.client.update_job(
             self.job_id, m.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
         )
 
     def poll(self, timeout: float) -> list[TaskUpdate]:
         """Ask the service at most once per ``poll_interval``, however often this is called.
-        A poll that gets no answer is tried again at the next interval, a few times."""
+        A poll that gets no answer is tried again at the next interval, for a while."""
         from azure.core.exceptions import AzureError
 
         wait = self._next_poll - time.monotonic()
@@ -292,15 +308,16 @@ class AzureBatchBackend(Backend):
             return []
         time.sleep(max(wait, 0))
         self._next_poll = time.monotonic() + self._settings.poll_interval
+        last_answer = self._last_answer or time.monotonic()
         try:
             updates = self._ask(following)
         except AzureError as exc:
-            self._failed_polls += 1
-            if not transient(exc) or self._failed_polls >= POLL_FAILURES_TOLERATED:
+            if not transient(exc) or time.monotonic() - last_answer > OUTAGE_TOLERATED_S:
                 raise BackendError(describe(exc, "following the tasks")) from None
             log.warning("%s; asking again", describe(exc, "following the tasks"))
+            self._last_answer = last_answer
             return []
-        self._failed_polls = 0
+        self._last_answer = time.monotonic()
         return updates
 
     def _ask(self, following: list[TaskMonitor]) -> list[TaskUpdate]:
@@ -380,7 +397,7 @@ def _submission_failure(exc: Any) -> str:
     for failure in exc.failure_tasks:
         return f"Batch refused task {failure.task_id}: {describe_refusal(failure.error)}"
     for error in exc.errors:
-        return f"could not add the tasks: {error}"
+        return describe(error, "adding the tasks")
     return "could not add the tasks"
 
 

@@ -1,5 +1,9 @@
 """Faults the emulator injects on request, for clients' retry tests.
 
+``LostAnswers.lose(operation, n)`` carries out the next ``n`` requests of an operation, then
+closes their connections without answering: the client cannot tell whether the service acted,
+as when a network path fails after the service did.
+
 ``Busy(n)`` refuses every ``n``-th request the server receives (counted over all requests,
 whatever their operation, from every thread), and ``Busy.refuse_for(seconds)`` every request
 for a while, an outage: the server answers 503 ``ServerBusy`` with ``Retry-After: 1`` and does
@@ -45,3 +49,24 @@ class Busy:
         with self._lock:
             self.received += 1
             return self.received % self.every == 0
+
+
+class LostAnswers:
+    """Which requests are carried out but never answered."""
+
+    def __init__(self) -> None:
+        self._left: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def lose(self, operation_id: str, count: int = 1) -> None:
+        """Lose the answers to the next ``count`` requests of ``operation_id``."""
+        with self._lock:
+            self._left[operation_id] = self._left.get(operation_id, 0) + count
+
+    def take(self, operation_id: str) -> bool:
+        """Whether the answer to this request of ``operation_id`` is to be lost."""
+        with self._lock:
+            left = self._left.get(operation_id, 0)
+            if left:
+                self._left[operation_id] = left - 1
+            return left > 0

@@ -38,7 +38,7 @@ from fanout_azure.emulator.errors import (
     server_busy,
     unsupported,
 )
-from fanout_azure.emulator.faults import RETRY_AFTER_S, Busy
+from fanout_azure.emulator.faults import RETRY_AFTER_S, Busy, LostAnswers
 from fanout_azure.emulator.model import Job, Task
 from fanout_azure.emulator.odata import parse_filter, select
 from fanout_azure.emulator.spec import Operation, match, request_error
@@ -94,6 +94,8 @@ class BatchEmulator:
         """Called with (operationId or "", path, status, JSON body) for every answer."""
         self.busy = Busy(busy_every)
         """Every ``busy_every``-th request is refused 503 ``ServerBusy`` unexecuted (0: none)."""
+        self.lost = LostAnswers()
+        """Requests carried out whose answers are never sent."""
         self._log_lock = threading.Lock()
         handler = _handler_for(self)
         self.httpd = ThreadingHTTPServer((host, port), handler)
@@ -165,7 +167,10 @@ def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
                 traceback.print_exc()
                 failure = _internal_error()
                 reply = Reply(failure.status, failure.body(self.request_id))
-            self._send(method, reply)
+            if emulator.lost.take(self.operation_id):
+                self.close_connection = True  # carried out, and no answer
+            else:
+                self._send(method, reply)
             emulator.log(method, parts.path, reply.status)
             if emulator.observer is not None:
                 emulator.observer(self.operation_id, parts.path, reply.status, reply.body)
