@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_emulator import Running
-from conftest import run_fanout
+from conftest import run_fanout, write_inputs, write_job
 
 
 @dataclass
@@ -61,3 +61,30 @@ def start_run(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def counter_job(job_dir: Path, name: str, count: int, **batch_settings: object) -> Path:
+    """A job whose tasks note each start in ``started/`` and wait for the file ``release``."""
+    write_inputs(job_dir, {f"t{n}.txt": f"input {n}" for n in range(count)})
+    (job_dir / "started").mkdir()
+    command = (
+        'echo x >> "$STARTED/{task_id}"; i=0;'
+        ' while [ ! -e "$RELEASE" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done;'
+        " cp {input} {input_stem}.out"
+    )
+    tables: dict[str, dict[str, object]] = {
+        "job": {
+            "name": name,
+            "inputs": ["*.txt"],
+            "command": command,
+            "outputs": ["*.out"],
+            "env": {"STARTED": str(job_dir / "started"), "RELEASE": str(job_dir / "release")},
+        }
+    }
+    if batch_settings:
+        tables["backends.azure-batch"] = batch_settings
+    return write_job(job_dir, tables)
+
+
+def starts(job_dir: Path) -> dict[str, int]:
+    return {path.name: len(path.read_text().split()) for path in (job_dir / "started").iterdir()}

@@ -125,7 +125,7 @@ def test_a_key_that_is_not_base64_is_named_not_shown(batch: Running) -> None:
 
 def test_a_refused_task_is_described_by_its_code_message_and_details() -> None:
     from azure.batch import models as m
-    from fanout_azure.batch_backend import describe_refusal
+    from fanout_azure.batch_calls import describe_refusal
 
     error = m.BatchError(
         code="InvalidPropertyValue",

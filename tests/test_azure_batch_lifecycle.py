@@ -10,37 +10,10 @@ import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
 from batch_emulator import Running, make_pool
-from batch_runs import Received, nothing_left, on_batch, start_run
+from batch_runs import Received, counter_job, nothing_left, on_batch, start_run, starts
 from conftest import load_record, run_fanout, wait_until, write_inputs, write_job
 
 pytestmark = pytest.mark.azurite
-
-
-def counter_job(job_dir: Path, name: str, count: int, **batch_settings: object) -> Path:
-    """A job whose tasks note each start in ``started/`` and wait for the file ``release``."""
-    write_inputs(job_dir, {f"t{n}.txt": f"input {n}" for n in range(count)})
-    (job_dir / "started").mkdir()
-    command = (
-        'echo x >> "$STARTED/{task_id}"; i=0;'
-        ' while [ ! -e "$RELEASE" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done;'
-        " cp {input} {input_stem}.out"
-    )
-    tables: dict[str, dict[str, object]] = {
-        "job": {
-            "name": name,
-            "inputs": ["*.txt"],
-            "command": command,
-            "outputs": ["*.out"],
-            "env": {"STARTED": str(job_dir / "started"), "RELEASE": str(job_dir / "release")},
-        }
-    }
-    if batch_settings:
-        tables["backends.azure-batch"] = batch_settings
-    return write_job(job_dir, tables)
-
-
-def starts(job_dir: Path) -> dict[str, int]:
-    return {path.name: len(path.read_text().split()) for path in (job_dir / "started").iterdir()}
 
 
 def test_a_kept_pool_serves_the_next_run_and_clean_leaves_it(

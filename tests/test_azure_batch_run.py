@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from azurite import Azurite
 from batch_emulator import Running, make_pool
-from batch_runs import Received, nothing_left, on_batch, start_run
+from batch_runs import Received, counter_job, nothing_left, on_batch, start_run, starts
 from conftest import REPO, load_record, run_fanout, wait_until, write_inputs, write_job
 from fanout_azure.batch_tasks import split_container_url
 from fanout_azure.emulator.command import DEFAULT_KEY
@@ -399,29 +399,16 @@ def test_a_pool_deleted_under_the_run_stops_it_in_one_line(
 def test_a_short_outage_of_the_service_does_not_stop_a_run(
     batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
 ) -> None:
-    write_inputs(job_dir, {"a.txt": "a", "b.txt": "b"})
-    release = job_dir / "release"
-    write_job(
-        job_dir,
-        {
-            "job": {
-                "name": "outage",
-                "inputs": ["*.txt"],
-                "command": f"while [ ! -e {release} ]; do sleep 0.1; done; cp {{input}} x.out",
-                "outputs": ["*.out"],
-            },
-            "backends.azure-batch": {"slots": 2},
-        },
-    )
+    counter_job(job_dir, "outage", 2, slots=2)
     run = start_run(job_dir, azure_container, batch_env)
     wait_until(lambda: _running_tasks(batch) == 2)
     # Longer than the SDK's own retries (three, a second apart): a poll fails, and the next.
     batch.emulator.busy.refuse_for(8)
-    release.touch()
+    (job_dir / "release").touch()
     stdout, stderr = run.communicate(timeout=90)
     assert run.returncode == 0, stderr + stdout
     assert "ServerBusy" in stderr and "asking again" in stderr
-    assert (job_dir / "out" / "b" / "x.out").read_text() == "b"
+    assert (job_dir / "out" / "t1" / "t1.out").read_text() == "input 1"
     assert nothing_left(batch)
 
 
@@ -432,25 +419,12 @@ def test_tasks_whose_submission_got_no_answer_are_added_once(
     azure_container: str,
     job_dir: Path,
 ) -> None:
-    write_inputs(job_dir, {f"t{n}.txt": str(n) for n in range(5)})
-    (job_dir / "started").mkdir()
-    write_job(
-        job_dir,
-        {
-            "job": {
-                "name": "unanswered",
-                "inputs": ["*.txt"],
-                "command": 'echo x >> "$STARTED/{task_id}"; cp {input} {input_stem}.out',
-                "outputs": ["*.out"],
-                "env": {"STARTED": str(job_dir / "started")},
-            }
-        },
-    )
+    counter_job(job_dir, "unanswered", 5)
+    (job_dir / "release").touch()
     batch.emulator.lost.lose("Tasks_CreateTaskCollection")  # carried out, answer lost
     result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "adding them again" in result.stderr
     assert received.count("Tasks_CreateTaskCollection") == 2
-    runs = {path.name: path.read_text().count("x") for path in (job_dir / "started").iterdir()}
-    assert runs == {f"t{n}": 1 for n in range(5)}  # the second submission added nothing twice
+    assert starts(job_dir) == {f"t{n}": 1 for n in range(5)}  # none was added twice
     assert nothing_left(batch)

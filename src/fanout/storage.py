@@ -121,7 +121,8 @@ class Storage:
         ``on_progress`` is called with the size of each file once it is in place.
         """
 
-        present = self._sizes_under(prefix)  # one listing, rather than a request per file
+        listed = self.files_under(prefix)  # one listing, rather than a request per file
+        present = {f"{prefix}/{name}": int(info["size"]) for name, info in listed.items()}
 
         def stage_one(source: Path) -> StagedFile:
             digest = file_digest(source)
@@ -202,13 +203,6 @@ class Storage:
             for entry in self.fs.ls(path, detail=True)
             if entry["type"] == "directory"
         )
-
-    def _sizes_under(self, prefix: str) -> dict[str, int]:
-        """The size of every file under ``prefix``, by path."""
-        if not self.fs.exists(prefix):
-            return {}
-        found = self.fs.find(prefix, detail=True)
-        return {path.rstrip("/"): int(info["size"]) for path, info in found.items()}
 
     def _put(self, source: Path, target: str, digest: Digest) -> None:
         if self._is_local:

@@ -11,14 +11,13 @@ longer than the budget, but a pool kept on purpose.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence, Set
+from collections.abc import Sequence, Set
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -33,6 +32,13 @@ from fanout.backend import (
     TaskUpdate,
 )
 from fanout.errors import BackendError
+from fanout_azure.batch_calls import (
+    batch_errors,
+    carry_out,
+    describe,
+    describe_refusal,
+    transient,
+)
 from fanout_azure.batch_monitor import TaskMonitor
 from fanout_azure.batch_pools import (
     NodeWatcher,
@@ -49,61 +55,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-P = ParamSpec("P")
-R = TypeVar("R")
 SUBMIT_CONCURRENCY = 4
 """Task-collection requests in flight at once."""
 SUBMIT_ATTEMPTS = 3
 """Submissions of the tasks that a failed request may not have added, before the run stops."""
 DELETE_TIMEOUT_S = 120
 """How long teardown waits for the service to delete the job before recording it as left."""
-ALREADY_ENDING = frozenset({"JobCompleted", "JobBeingTerminated", "JobBeingDeleted"})
-"""Batch's refusals to stop or delete a job that is on its way out already."""
 OUTAGE_TOLERATED_S = 300
 """How long polls may go without an answer (each after the SDK's own retries) before the run
 stops: a long run rides out a short outage of the service or the network."""
-
-
-def batch_errors(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Turn an error of the Batch service or the network that stops the run into one
-    ``BackendError`` line naming what fanout was ``doing`` (the SDK has already retried
-    throttling answered with Retry-After, and transient errors)."""
-
-    def decorate(method: Callable[P, R]) -> Callable[P, R]:
-        @functools.wraps(method)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            from azure.core.exceptions import AzureError
-
-            try:
-                return method(*args, **kwargs)
-            except AzureError as exc:
-                raise BackendError(describe(exc, doing)) from None
-
-        return wrapper
-
-    return decorate
-
-
-def describe(exc: Exception, doing: str) -> str:
-    """One line for an error of the SDK while fanout was ``doing`` something."""
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    if isinstance(exc, HttpResponseError) and exc.response is not None:
-        code = exc.error.code if exc.error is not None else exc.status_code
-        reason = (exc.message or "").strip().splitlines()
-        return f"Batch refused {doing}: {code}" + (f": {reason[0]}" if reason else "")
-    if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return f"Batch could not be reached while {doing}: {exc}"
-    return f"Batch failed while {doing}: {exc}"
-
-
-def transient(exc: Exception) -> bool:
-    """An error worth another try later: no answer, throttling, or the service's own fault."""
-    from azure.core.exceptions import HttpResponseError
-
-    if not isinstance(exc, HttpResponseError) or exc.response is None:
-        return True
-    return exc.status_code in (408, 429) or (exc.status_code or 0) >= 500
 
 
 class AzureBatchBackend(Backend):
@@ -337,47 +297,29 @@ class AzureBatchBackend(Backend):
             return
         from azure.batch.models._models import BatchJobTerminateOptions
 
-        self._wait_for(
+        problem = carry_out(
             f"stopping job {self.job_id}",
             self.client.begin_terminate_job,
             self.job_id,
+            DELETE_TIMEOUT_S,
             options=BatchJobTerminateOptions(termination_reason="fanout cancelled"),
         )
+        if problem is not None:
+            log.warning("%s", problem)
 
     def teardown(self, keep: bool = False) -> None:
         """Delete the jobs of this run (an auto-pool goes with its job); a pool created with
         ``keep_pool`` stays, and is recorded. ``keep`` is ignored: nodes kept for inspection
         bill by the hour, and each task's logs are in the run's storage."""
         for job_id in [*self._stale_jobs, *([self.job_id] if self._job_exists else [])]:
-            if not self._wait_for(f"deleting job {job_id}", self.client.begin_delete_job, job_id):
+            doing = f"deleting job {job_id}"
+            problem = carry_out(doing, self.client.begin_delete_job, job_id, DELETE_TIMEOUT_S)
+            if problem is not None:
+                log.warning("%s", problem)
                 self._leftovers.append(f"job {job_id} (not deleted; fanout clean removes it)")
         self._job_exists = False
         if self._kept_pool_created is not None:
             self._leftovers.append(f"pool {self._kept_pool_created} (kept: keep_pool)")
-
-    def _wait_for(self, doing: str, begin: Any, resource_id: str, **options: Any) -> bool:
-        """Start a long-running operation and wait for it; False (and a warning) if it
-        failed or did not finish in time. A job already gone, or already ending, needs
-        nothing more."""
-        from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
-
-        try:
-            poller = begin(resource_id, polling_interval=1, **options)
-            poller.result(timeout=DELETE_TIMEOUT_S)
-        except ResourceNotFoundError:
-            return True
-        except HttpResponseError as exc:
-            if exc.error is not None and exc.error.code in ALREADY_ENDING:
-                return True
-            log.warning("%s", describe(exc, doing))
-            return False
-        except AzureError as exc:
-            log.warning("%s", describe(exc, doing))
-            return False
-        if not poller.done() or poller.status() != "Succeeded":
-            log.warning("%s: not done after %d s", doing, DELETE_TIMEOUT_S)
-            return False
-        return True
 
     @classmethod
     def clean(
@@ -399,12 +341,3 @@ def _submission_failure(exc: Any) -> str:
     for error in exc.errors:
         return describe(error, "adding the tasks")
     return "could not add the tasks"
-
-
-def describe_refusal(error: Any) -> str:
-    """A ``BatchError``: its code, message and the details that name what is wrong."""
-    if error is None:
-        return "refused"
-    message = getattr(error.message, "value", None) or ""
-    details = [f"{item.key}: {item.value}" for item in error.error_values or []]
-    return "; ".join([f"{error.code}: {message}".rstrip(": "), *details])

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from fanout.errors import BackendError
+from fanout_azure.batch_calls import carry_out
 from fanout_azure.batch_pools import KEEP_KEY, RUN_KEY
 from fanout_azure.batch_preflight import preflight
 from fanout_azure.batch_settings import AzureBatchSettings, batch_client
@@ -53,7 +54,7 @@ def _clean(client: BatchClient, *, dry_run: bool, everything: bool) -> list[str]
             continue
         found.append(f"job {job.id} ({state}, run {_marks(job)[RUN_KEY]})")
         if not dry_run:
-            found[-1] += _deleted(client.begin_delete_job, job.id)
+            found[-1] += _deleted(client.begin_delete_job, job.id, DELETE_TIMEOUT_S)
     for pool in client.list_pools():
         marks = _marks(pool)
         state = wire_value(pool.state)
@@ -64,25 +65,14 @@ def _clean(client: BatchClient, *, dry_run: bool, everything: bool) -> list[str]
         kept = " kept with keep_pool" if KEEP_KEY in marks else ""
         found.append(f"pool {pool.id}{kept} (run {marks[RUN_KEY]})")
         if not dry_run:
-            found[-1] += _deleted(client.begin_delete_pool, pool.id, wait=False)
+            found[-1] += _deleted(client.begin_delete_pool, pool.id, None)  # takes minutes
     return found
 
 
-def _deleted(begin: Any, resource_id: str, wait: bool = True) -> str:
+def _deleted(begin: Any, resource_id: str, timeout_s: float | None) -> str:
     """Delete a resource; "" when done (or on its way), else why not, to follow its line."""
-    from azure.core.exceptions import AzureError, ResourceNotFoundError
-
-    try:
-        poller = begin(resource_id, polling_interval=1)
-        if wait:
-            poller.result(timeout=DELETE_TIMEOUT_S)
-    except ResourceNotFoundError:
-        return ""
-    except AzureError as exc:
-        return f": not deleted: {str(exc).strip().splitlines()[0]}"
-    if wait and not poller.done():
-        return ": still being deleted"
-    return ""
+    problem = carry_out(f"deleting {resource_id}", begin, resource_id, timeout_s)
+    return "" if problem is None else f": not deleted: {problem}"
 
 
 def _marks(resource: Any) -> dict[str, str]:
