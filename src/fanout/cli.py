@@ -96,6 +96,8 @@ def run_command(
             outcome = run(prepared, reporter)
         finally:
             reporter.close()
+        for error in outcome.errors:
+            click.echo(f"fanout: error: {one_line(error)}", err=True)
         sys.exit(outcome.exit_code)
 
 

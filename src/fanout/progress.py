@@ -81,7 +81,7 @@ class Reporter:
             f" {counts['succeeded']} succeeded, {counts['failed']} failed of {len(self._states)}"
         )
 
-    def finished(self, ledger: Ledger, record_path: Path, exit_code: ExitCode) -> None:
+    def finished(self, ledger: Ledger, record_path: Path | None, exit_code: ExitCode) -> None:
         print_summary(self.console, ledger, record_path, exit_code)
 
     def close(self) -> None:
@@ -117,7 +117,7 @@ class LiveReporter(Reporter):
     def backend_status(self, text: str | None) -> None:
         self._backend_status = text
 
-    def finished(self, ledger: Ledger, record_path: Path, exit_code: ExitCode) -> None:
+    def finished(self, ledger: Ledger, record_path: Path | None, exit_code: ExitCode) -> None:
         self.close()
         super().finished(ledger, record_path, exit_code)
 
@@ -138,8 +138,11 @@ def make_reporter(console: Console) -> Reporter:
     return LiveReporter(console) if console.is_terminal else Reporter(console)
 
 
-def print_summary(console: Console, ledger: Ledger, record_path: Path, exit_code: ExitCode) -> None:
-    """Tasks by state, each failed task with its error and stderr tail, and where things are."""
+def print_summary(
+    console: Console, ledger: Ledger, record_path: Path | None, exit_code: ExitCode
+) -> None:
+    """Tasks by state, each failed task with its error and stderr tail, where things are, and
+    how to finish the run if it did not succeed."""
     counts = Counter(task.state for task in ledger.tasks.values())
     failed = [task for task in ledger.tasks.values() if task.state == "failed"]
     if failed:
@@ -156,16 +159,19 @@ def print_summary(console: Console, ledger: Ledger, record_path: Path, exit_code
             )
         console.print(table)
     summary = ", ".join(f"{counts[state]} {state}" for state in STATES if counts[state])
-    if exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED):
-        console.print(
-            f"run {ledger.run_id} interrupted ({summary});"
-            f" resume it with: {escape(resume_command(ledger))}",
-            highlight=False,
-            soft_wrap=True,  # a command to copy: never broken inside a path
+    if ledger.status != "finished":
+        ended = (
+            "interrupted" if exit_code in (ExitCode.INTERRUPTED, ExitCode.TERMINATED) else "stopped"
         )
+        line, verb = f"run {ledger.run_id} {ended} ({summary})", "resume it with"
     else:
-        console.print(f"run {ledger.run_id} finished: {summary}", highlight=False)
-    console.print(f"outputs in {ledger.out}, run record {record_path}", highlight=False)
+        line, verb = f"run {ledger.run_id} finished: {summary}", "run what did not succeed with"
+    if ledger.status != "finished" or ledger.unsucceeded():
+        line += f"; {verb}: {escape(resume_command(ledger))}"
+    # soft_wrap: a command to copy is never broken inside a path
+    console.print(line, highlight=False, soft_wrap=True)
+    record = "not written" if record_path is None else str(record_path)
+    console.print(f"outputs in {ledger.out}, run record {record}", highlight=False)
 
 
 def print_plan(console: Console, prepared: Prepared) -> None:

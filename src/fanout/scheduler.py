@@ -27,13 +27,14 @@ from fanout.backend import (
     TaskState,
     TaskUpdate,
 )
-from fanout.collect import MissingOutput, collect_outputs, outputs_intact
+from fanout.collect import MissingOutput, collect_outputs
 from fanout.errors import ExitCode, FanoutError, SetupError, StorageError
-from fanout.ledger import RECORD_NAME, Ledger, TaskRecord, new_run_id, now_iso
-from fanout.plan import Plan
+from fanout.ledger import FileRecord, Ledger, TaskRecord, new_run_id, now_iso
+from fanout.outdir import check_out_dir, claimed
 from fanout.prepare import DEFAULT_OUT, Prepared
 from fanout.progress import Reporter
 from fanout.redact import redact
+from fanout.resume import reconcile, resumed_ledger
 from fanout.storage import StagedFile, Storage
 from fanout.taskids import MAX_ID_LENGTH
 
@@ -58,7 +59,10 @@ class Outcome:
 
     exit_code: ExitCode
     ledger: Ledger
-    record_path: Path
+    record_path: Path | None
+    """None if the run record could not be written (``errors`` says why)."""
+    errors: tuple[str, ...] = ()
+    """What stopped the run or went wrong at its end, one line each."""
 
 
 def run(prepared: Prepared, reporter: Reporter) -> Outcome:
@@ -70,9 +74,11 @@ def run(prepared: Prepared, reporter: Reporter) -> Outcome:
     resuming = prepared.options.resume is not None
     if resuming:  # reading the ledger needs the storage
         storage.check_reachable()
+        ledger = resumed_ledger(prepared, storage)
     else:
-        _check_out_dir(_new_out_dir(prepared))
-    ledger = open_ledger(prepared, storage)
+        ledger = new_ledger(prepared, storage)
+    out = Path(ledger.out)
+    check_out_dir(out)
     earlier_job_ids = tuple(ledger.job_ids)
     ledger.job_ids.append(attempt_job_id(prepared.job.name, ledger.run_id, len(earlier_job_ids)))
     context = RunContext(
@@ -86,7 +92,9 @@ def run(prepared: Prepared, reporter: Reporter) -> Outcome:
     backend.preflight()
     if not resuming:
         storage.check_reachable()  # may create the storage root: only once all else is checked
-    return _Run(prepared, storage, ledger, backend, reporter).execute()
+    with claimed(out, ledger.run_id):
+        changed = reconcile(ledger, prepared.plan) if resuming else []
+        return _Run(prepared, storage, ledger, backend, reporter, changed).execute()
 
 
 def attempt_job_id(job: str, run_id: str, attempt: int) -> str:
@@ -96,39 +104,24 @@ def attempt_job_id(job: str, run_id: str, attempt: int) -> str:
     return job[: MAX_ID_LENGTH - len(suffix)] + suffix
 
 
-def open_ledger(prepared: Prepared, storage: Storage) -> Ledger:
-    """A new ledger, or the one of the run to resume with its finished tasks checked."""
-    options, job = prepared.options, prepared.job
-    if options.resume is None:
-        tasks = {
-            task.id: TaskRecord(id=task.id, input=str(task.input), command=task.command)
-            for task in prepared.plan.tasks
-        }
-        return Ledger(
-            storage=storage,
-            run_id=new_run_id(),
-            job=job.name,
-            job_file=str(job.path),
-            backend=prepared.backend_cls.name,
-            out=str(_new_out_dir(prepared)),
-            tasks=tasks,
-        )
-
-    run_id = options.resume or Ledger.latest_unfinished(storage, job.name)
-    if run_id is None:
-        raise FanoutError(f"no unfinished run of job '{job.name}' in {storage.url} to resume")
-    ledger = Ledger.load(storage, job.name, run_id)
-    if ledger.status == "finished":
-        raise FanoutError(f"run {run_id} of job '{job.name}' has already finished")
-    _check_same_plan(ledger, prepared.plan)
-    if options.out is not None:
-        ledger.out = str(options.out.resolve())
-    ledger.status, ledger.finished = "running", None
-    out = Path(ledger.out)
-    for record in ledger.tasks.values():
-        if record.state != "succeeded" or not outputs_intact(out, record.outputs):
-            record.reset()
-    return ledger
+def new_ledger(prepared: Prepared, storage: Storage) -> Ledger:
+    """The ledger of a new run of the prepared job."""
+    job, section = prepared.job, prepared.job.spec.job
+    tasks = {
+        task.id: TaskRecord(id=task.id, input=str(task.input), command=task.command)
+        for task in prepared.plan.tasks
+    }
+    return Ledger(
+        storage=storage,
+        run_id=new_run_id(),
+        job=job.name,
+        job_file=str(job.path),
+        backend=prepared.backend_cls.name,
+        out=str((prepared.options.out or DEFAULT_OUT).resolve()),
+        tasks=tasks,
+        setup=list(section.setup),
+        env=dict(section.env),
+    )
 
 
 class _Run:
@@ -141,6 +134,7 @@ class _Run:
         ledger: Ledger,
         backend: Backend,
         reporter: Reporter,
+        changed: list[TaskRecord],
     ) -> None:
         self.prepared = prepared
         self.section = prepared.job.spec.job
@@ -149,20 +143,30 @@ class _Run:
         self.backend = backend
         self.reporter = reporter
         self.out = Path(ledger.out)
+        self.changed = {record.id for record in changed}
+        """Tasks whose input changed since an earlier attempt: never adopted from it."""
+        self.started = False
+        """Whether tasks may have run: from then on, an error ends the run with status 1."""
+        self._journal_trouble: str | None = None
 
     def execute(self) -> Outcome:
         stopped_by: ExitCode | None = None
+        failure: FanoutError | None = None
+        errors: list[str] = []
         completed = False
         provisioned = False
         try:
-            self.ledger.save()
+            self._collect_left_behind()
             pending = [r for r in self.ledger.tasks.values() if r.state == "pending"]
             staged = self._stage(pending)
+            self.ledger.save()
             if pending:
                 provisioned = True  # a half-finished provision still needs a teardown
                 resumed = len(self.ledger.job_ids) > 1
-                adopted = self.backend.reattach({r.id for r in pending}) if resumed else set()
+                candidates = {r.id for r in pending} - self.changed
+                adopted = self.backend.reattach(candidates) if resumed else set()
                 if adopted:
+                    self.started = True
                     log.info("reattached to %d tasks of an earlier attempt", len(adopted))
                 log.info("provisioning nodes on backend %s", self.backend.name)
                 self.backend.provision(self._pool_spec(staged))
@@ -174,43 +178,71 @@ class _Run:
         except SetupError as exc:
             self._fail_unfinished(str(exc))
             completed = True
+        except FanoutError as exc:  # the run stops here; it can be resumed
+            failure = exc
+            errors.append(str(exc))
         finally:
             # Also on an unexpected error: stop what runs, release what was made, record it.
             with signals_deferred():
-                record_path = self._release(provisioned, completed)
-        exit_code = stopped_by or (ExitCode.TASKS_FAILED if self._any_failed() else ExitCode.OK)
+                record_path = self._release(provisioned, completed, errors)
+        if stopped_by is not None:
+            exit_code = stopped_by
+        elif failure is not None and not self.started:  # nothing ran: as if refused at once
+            exit_code = failure.exit_code
+        elif errors or self._any_failed():
+            exit_code = ExitCode.TASKS_FAILED
+        else:
+            exit_code = ExitCode.OK
         self.reporter.finished(self.ledger, record_path, exit_code)
-        return Outcome(exit_code, self.ledger, record_path)
+        return Outcome(exit_code, self.ledger, record_path, tuple(errors))
 
-    def _release(self, provisioned: bool, completed: bool) -> Path:
+    def _release(self, provisioned: bool, completed: bool, errors: list[str]) -> Path | None:
         """Stop what still runs, tear down what the backend made and write the run record:
-        each step even if the one before it failed (its error then goes on up)."""
+        each step even if the one before it failed (its error joins ``errors``)."""
         try:
             if provisioned and not completed:
                 self.backend.cancel()
-        finally:
-            try:
-                if provisioned:
-                    self.backend.teardown(keep=self._any_failed())
-            finally:
-                if provisioned:
-                    self.ledger.leftovers = self.backend.leftovers()
-                record_path = self._record(completed)
-        return record_path
+        except FanoutError as exc:
+            errors.append(str(exc))
+        try:
+            if provisioned:
+                self.backend.teardown(keep=self._any_failed())
+        except FanoutError as exc:
+            errors.append(str(exc))
+        if provisioned:
+            self.ledger.leftovers = self.backend.leftovers()
+        return self._record(completed, errors)
+
+    def _collect_left_behind(self) -> None:
+        """On a resumed run: bring home the outputs of tasks that succeeded but could not be
+        collected then; those whose outputs are not complete in storage run again."""
+        for record in [r for r in self.ledger.tasks.values() if r.uncollected]:
+            self._collect(record)
+            if record.state == "succeeded":
+                self.ledger.note_finished(record)
+            elif not record.uncollected:
+                record.reset()
 
     def _stage(self, pending: list[TaskRecord]) -> dict[Path, StagedFile]:
-        files = [*self.prepared.plan.app_files, *(Path(r.input) for r in pending)]
-        log.info("staging %d files to %s", len(set(files)), self.storage.url)
-        sizes = sum(path.stat().st_size for path in set(files))
-        self.reporter.staging_started(len(set(files)), sizes)
+        """Upload the app files and the pending tasks' inputs, and record what they hold."""
+        files = {*self.prepared.plan.app_files, *(Path(r.input) for r in pending)}
+        log.info("staging %d files to %s", len(files), self.storage.url)
         try:
-            return self.storage.stage(
+            # Before reading them: a file changed while it is staged then looks changed.
+            mtimes = {path: path.stat().st_mtime_ns for path in files}
+            self.reporter.staging_started(len(files), sum(p.stat().st_size for p in files))
+            staged = self.storage.stage(
                 files,
                 self.storage.path("jobs", self.ledger.job, "staged"),
                 on_progress=self.reporter.staged,
             )
         except (OSError, StorageError) as exc:
             raise FanoutError(f"cannot stage files to {self.storage.url}: {exc}") from None
+        for path, item in staged.items():
+            self.ledger.files[str(path)] = FileRecord(
+                item.digest.size, item.digest.md5, mtimes[path]
+            )
+        return staged
 
     def _pool_spec(self, staged: dict[Path, StagedFile]) -> PoolSpec:
         app_files = tuple(
@@ -245,6 +277,7 @@ class _Run:
                 )
             )
         log.info("submitting %d tasks to backend %s", len(specs), self.backend.name)
+        self.started = True
         self.backend.submit(specs)
         self.reporter.tasks_submitted(len(specs), self.ledger.tasks.values())
 
@@ -265,12 +298,29 @@ class _Run:
                         collecting[collector.submit(finish, record)] = record.id
                     else:
                         self.reporter.task_changed(record)
+                finished = []
                 for future in [f for f in collecting if f.done()]:
                     record = self.ledger.tasks[collecting.pop(future)]
                     future.result()
                     outstanding.discard(record.id)
+                    self.ledger.note_finished(record)
+                    finished.append(record)
+                self._flush_journal()  # durable before the run moves on
+                for record in finished:
                     self.reporter.task_changed(record)
-                self.ledger.save(force=False)
+
+    def _flush_journal(self) -> None:
+        """Journal the tasks that finished. Storage trouble does not stop the run: the tasks
+        stay noted for the next flush, and the trouble is told once."""
+        try:
+            self.ledger.flush()
+        except Exception as exc:  # whatever the storage's library raises
+            message = redact(f"cannot record progress in {self.storage.url}: {exc}")
+            if message != self._journal_trouble:
+                log.warning("%s; trying again as tasks finish", message)
+            self._journal_trouble = message
+        else:
+            self._journal_trouble = None
 
     def _collect(self, record: TaskRecord) -> None:
         """Bring a succeeded task's outputs home; a task without them has failed."""
@@ -282,11 +332,12 @@ class _Run:
                 self.out,
                 record.id,
             )
-            record.state = "succeeded"
+            record.state, record.error, record.uncollected = "succeeded", None, False
         except MissingOutput as exc:
-            record.state, record.error = "failed", str(exc)
+            record.state, record.error, record.uncollected = "failed", str(exc), False
         except (OSError, StorageError) as exc:
             record.state, record.error = "failed", redact(f"cannot collect outputs: {exc}")
+            record.uncollected = True  # they are in storage: --resume brings them home
 
     def _record_failure(self, record: TaskRecord) -> None:
         record.stderr_tail = redact(self._stderr_tail(record.id))
@@ -317,15 +368,23 @@ class _Run:
     def _any_failed(self) -> bool:
         return any(record.state == "failed" for record in self.ledger.tasks.values())
 
-    def _record(self, completed: bool) -> Path:
-        """Save the ledger and write the run record; unfinished tasks run again on resume."""
+    def _record(self, completed: bool, errors: list[str]) -> Path | None:
+        """Save the ledger and write the run record, each even if the other cannot be (its
+        trouble joins ``errors``); unfinished tasks run again on resume."""
         for record in self.ledger.tasks.values():
             if record.state == "running":
                 record.state = "pending"
         self.ledger.status = "finished" if completed else "interrupted"
         self.ledger.finished = now_iso()
-        self.ledger.save()
-        return self.ledger.write_record()
+        try:
+            self.ledger.save()
+        except Exception as exc:  # whatever the storage's library raises
+            errors.append(redact(f"cannot save the run's ledger in {self.storage.url}: {exc}"))
+        try:
+            return self.ledger.write_record()
+        except OSError as exc:
+            errors.append(f"cannot write the run record in {self.out}: {exc.strerror or exc}")
+            return None
 
 
 def _apply(record: TaskRecord, update: TaskUpdate) -> None:
@@ -337,30 +396,6 @@ def _apply(record: TaskRecord, update: TaskUpdate) -> None:
     record.error = None if update.error is None else redact(update.error)
     if update.started is not None and update.finished is not None:
         record.duration_s = round(update.finished - update.started, 3)
-
-
-def _new_out_dir(prepared: Prepared) -> Path:
-    return (prepared.options.out or DEFAULT_OUT).resolve()
-
-
-def _check_out_dir(out: Path) -> None:
-    """Refuse an output directory holding files that fanout did not write."""
-    if out.exists() and not out.is_dir():
-        raise FanoutError(f"output directory {out} is a file")
-    if out.is_dir() and any(out.iterdir()) and not (out / RECORD_NAME).exists():
-        raise FanoutError(
-            f"output directory {out} holds files fanout did not write; choose another with --out"
-        )
-
-
-def _check_same_plan(ledger: Ledger, plan: Plan) -> None:
-    planned = {task.id: task.command for task in plan.tasks}
-    recorded = {task_id: record.command for task_id, record in ledger.tasks.items()}
-    if planned != recorded:
-        raise FanoutError(
-            f"the job's inputs or command changed since run {ledger.run_id} started;"
-            " start a new run instead of resuming"
-        )
 
 
 @contextmanager

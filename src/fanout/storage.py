@@ -3,7 +3,8 @@
 Storage holds, under its root URL::
 
     jobs/<job>/staged/<md5>/<name>          app and input files, by content (shared by runs)
-    jobs/<job>/runs/<run-id>/ledger.json    the run's ledger
+    jobs/<job>/runs/<run-id>/ledger.json    the run's ledger: a snapshot ...
+    jobs/<job>/runs/<run-id>/journal-<n>.jsonl   ... and the tasks finished since
     jobs/<job>/runs/<run-id>/outputs/<task-id>/...   what each task produced
 
 Staged files are addressed by their md5, so a re-run uploads only what changed and a resumed
@@ -184,6 +185,28 @@ class Storage:
     def read_json(self, path: str) -> Any:
         with self.fs.open(path, "rb") as handle:
             return json.load(handle)
+
+    def read_bytes(self, path: str) -> bytes | None:
+        """The whole file ``path``; None if there is no such file."""
+        try:
+            with self.fs.open(path, "rb") as handle:
+                return bytes(handle.read())
+        except FileNotFoundError:
+            return None
+
+    def append(self, path: str, data: bytes) -> None:
+        """Add ``data`` at the end of the file ``path`` (created if missing), durably: on
+        disk (fsync) or in the storage service when this returns. On Azure Blob Storage the
+        file is an append blob, so each call costs its own bytes, not the file's."""
+        if self._is_local:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            return
+        with self.fs.open(path, "ab") as out:
+            out.write(data)
 
     def write_json(self, path: str, data: Any) -> None:
         """Write ``data`` so that readers see the old or the new document, never half of one."""
