@@ -72,7 +72,8 @@ def test_example_gives_the_local_outputs_with_no_secret_in_any_task(
 
     (job,) = received.bodies("Jobs_CreateJob")
     assert job["id"] == record["job_ids"][0]
-    assert job["constraints"]["maxWallClockTime"] == "P1D"  # the default budget
+    # A lease the client renews while it adds tasks: a dead client's job ends within it.
+    assert job["constraints"]["maxWallClockTime"] == "PT10M00S"
     assert {"name": "fanout-run", "value": record["run_id"]} in job["metadata"]
     auto_pool = job["poolInfo"]["autoPoolSpecification"]
     assert auto_pool["poolLifetimeOption"] == "job"
@@ -80,9 +81,13 @@ def test_example_gives_the_local_outputs_with_no_secret_in_any_task(
     assert start_task["waitForSuccess"] is True
     assert all(mentions_sas(file) for file in start_task["resourceFiles"])
     assert not mentions_sas(start_task["commandLine"])
-    # The job ends by itself once its tasks are in, even if fanout dies now.
+    # The job ends by itself once its tasks are in, even if fanout dies now; the default
+    # budget is its deadline.
     (update,) = received.bodies("Jobs_UpdateJob")
-    assert update == {"onAllTasksComplete": "terminatejob"}
+    assert update == {
+        "onAllTasksComplete": "terminatejob",
+        "constraints": {"maxWallClockTime": "P1D"},
+    }
     assert received.operations()[-1][0] != "Tasks_CreateTaskCollection"
 
     tasks = [
@@ -314,8 +319,8 @@ def test_a_throttled_service_slows_the_run_down_but_does_not_fail_it(
     assert result.returncode == 0, result.stderr + result.stdout
     assert len(list((job_dir / "out").rglob("*.out"))) == 5
     assert any(line.endswith(" 503") for line in batch.requests())
-    (job,) = received.bodies("Jobs_CreateJob")
-    assert job["constraints"]["maxWallClockTime"] in ("PT3H", "PT03H00M00S")  # the budget
+    (update,) = received.bodies("Jobs_UpdateJob")
+    assert update["constraints"]["maxWallClockTime"] in ("PT3H", "PT03H00M00S")  # the budget
     assert nothing_left(batch)
 
 

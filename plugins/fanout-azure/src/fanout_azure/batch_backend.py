@@ -2,15 +2,19 @@
 dies with the job, on a named pool kept for later runs (``keep_pool``), or on an existing pool
 (``pool_id``).
 
-What outlives this process is bounded by the Batch service itself: the job's maxWallClockTime
-is the run's budget and, once its tasks are added, onAllTasksComplete=terminatejob; an
-auto-pool goes when its job ends. So a client killed at any point leaves nothing billing for
-longer than the budget, but a pool kept on purpose.
+What outlives this process is bounded by the Batch service itself, whenever the process dies.
+A job starts with a short deadline (maxWallClockTime, the ``submit_lease``) that the client
+pushes back as it adds tasks; once they are all in, the job gets onAllTasksComplete=terminatejob
+and the run's budget as its deadline. (terminatejob cannot be set from the start: a job whose
+tasks have all completed ends, and adding tasks in chunks would race with it.) An auto-pool goes
+when its job ends. So a client killed while it adds tasks leaves a job that ends within the
+lease, and one killed later a job that ends with its last task: nothing but a pool kept on
+purpose bills for longer.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import os
 import time
@@ -33,10 +37,13 @@ from fanout.backend import (
 )
 from fanout.errors import BackendError
 from fanout_azure.batch_calls import (
+    ALREADY_ENDING,
     batch_errors,
     carry_out,
     describe,
     describe_refusal,
+    error_code,
+    resent,
     transient,
 )
 from fanout_azure.batch_monitor import TaskMonitor
@@ -57,6 +64,8 @@ log = logging.getLogger(__name__)
 
 SUBMIT_CONCURRENCY = 4
 """Task-collection requests in flight at once."""
+SUBMIT_SLICE = 1000
+"""Tasks built and handed to the SDK at once; the job's lease is renewed between slices."""
 SUBMIT_ATTEMPTS = 3
 """Submissions of the tasks that a failed request may not have added, before the run stops."""
 DELETE_TIMEOUT_S = 120
@@ -83,6 +92,7 @@ class AzureBatchBackend(Backend):
         self._image: tuple[Any, str] | None = None
         self.job_id = context.job_id
         self._job_exists = False
+        self._job_created = self._lease_renewed = 0.0
         self._kept_pool_created: str | None = None
         self._stale_jobs: list[str] = []
         self._task_app_files: tuple[ResourceFile, ...] = ()
@@ -116,8 +126,10 @@ class AzureBatchBackend(Backend):
         """Adopt the pending tasks that an earlier attempt's job ran or may still run: all
         but the failed ones while the job is active, only those that succeeded once it has
         ended. Each earlier job then goes on by itself (it ends when its tasks have
-        completed) and is followed beside the new one, which runs the rest; nothing is
-        deleted from it, nothing runs twice. A task is taken from the newest job that has it.
+        completed) and is followed beside the new one, which runs the rest; nothing runs
+        twice. A task is taken from the newest job that has it; one an active earlier job
+        still runs or queues and that is not adopted (its input changed, or a newer job has
+        it) is terminated there.
         """
         adopted: set[str] = set()
         seen: set[str] = set()
@@ -133,26 +145,50 @@ class AzureBatchBackend(Backend):
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            job = self.client.get_job(job_id, select=["id", "state", "executionInfo", "poolInfo"])
+            job = self.client.get_job(
+                job_id, select=["id", "state", "executionInfo", "poolInfo", "creationTime"]
+            )
         except ResourceNotFoundError:
             return set()
         self._stale_jobs.append(job_id)  # it exists: this run deletes it at the end
-        state = wire_value(job.state)
+        active = wire_value(job.state) == "active"
         fields = ["id", "state", "executionInfo", "nodeInfo"]
         updates = [task_update(task) for task in self.client.list_tasks(job_id, select=fields)]
-        keep = {TaskState.SUCCEEDED} | ({TaskState.RUNNING} if state == "active" else set())
+        keep = {TaskState.SUCCEEDED} | ({TaskState.RUNNING} if active else set())
         mine = {u.task_id for u in updates if u.state in keep and u.task_id in candidates}
+        if active:
+            unwanted = [u.task_id for u in updates if u.state is TaskState.RUNNING]
+            for task_id in sorted(set(unwanted) - mine):
+                log.info("job %s: stopping task %s, which this run does not adopt", job_id, task_id)
+                stop = functools.partial(self.client.terminate_task, job_id, task_id)
+                resent(stop, done_if=_TASK_ENDED)
         if mine:
             adopted |= mine
             monitor = TaskMonitor(self.client, job_id)
             monitor.expect(mine)
             self._monitors.append(monitor)
-            if state == "active" and self._nodes is None:
+            if active:
+                self._let_end_with_its_tasks(job)
+            if active and self._nodes is None:
                 info, auto = job.execution_info, job.pool_info.auto_pool_specification
                 pool_id = info.pool_id if info is not None else None
                 self._nodes = NodeWatcher(self.client, job_id, pool_id, auto_pool=auto is not None)
-        log.info("job %s (%s): %d tasks adopted", job_id, state, len(mine))
+        log.info("job %s (%s): %d tasks adopted", job_id, wire_value(job.state), len(mine))
         return {u.task_id for u in updates}
+
+    def _let_end_with_its_tasks(self, job: Any) -> None:
+        """An earlier job whose client died while it added tasks still waits for more, until
+        its lease runs out: let it end with its tasks instead, within this run's budget."""
+        from datetime import UTC, datetime
+
+        from azure.batch import models as m
+
+        age = (datetime.now(UTC) - job.creation_time).total_seconds()
+        update = m.BatchJobUpdateOptions(
+            all_tasks_complete_mode="terminatejob",
+            constraints=_deadline(age + self.context.budget_s),
+        )
+        resent(lambda: self.client.update_job(job.id, update), done_if=ALREADY_ENDING)
 
     @batch_errors("preparing the pool")
     def provision(self, pool: PoolSpec) -> None:
@@ -165,9 +201,7 @@ class AzureBatchBackend(Backend):
         self._new_job = m.BatchJobCreateOptions(
             id=self.job_id,
             pool_info=pool_info,
-            constraints=m.BatchJobConstraints(
-                max_wall_clock_time=timedelta(seconds=self.context.budget_s)
-            ),
+            constraints=_deadline(min(self._settings.submit_lease, self.context.budget_s)),
             metadata=metadata(self.context.run_id),
         )
 
@@ -211,36 +245,66 @@ class AzureBatchBackend(Backend):
 
     @batch_errors("adding the tasks")
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
-        """Add the tasks (creating the job first), then let the job end when they have all
-        completed: set once they are in, since a job without tasks may end at once."""
-        from azure.batch import models as m
-        from azure.batch.models import CreateTasksError
-        from azure.core.exceptions import ResourceExistsError
-
+        """Add the tasks (creating the job first) slice by slice, renewing the job's lease
+        between slices, then let the job end when they have all completed. If the job ends
+        before they are all in (the lease ran out while this client was stalled, or someone
+        ended it), those not added are reported not run, and ``--resume`` runs them."""
         if not tasks:
             return
         if not self._job_exists:
-            self._job_exists = True  # before: a create whose answer is lost is still deleted
-            # JobExists: the SDK's retry of a create that went through; the id is this run's.
-            with contextlib.suppress(ResourceExistsError):
-                self.client.create_job(self._new_job)
-            self._monitors.append(TaskMonitor(self.client, self.job_id))
-            self._nodes = NodeWatcher(
-                self.client, self.job_id, self._pool_id, auto_pool=self._pool_id is None
-            )
-            where = self._pool_id or f"an auto-pool of {self._settings.vm_size}"
-            log.info("job %s on %s", self.job_id, where)
+            self._create_job()
+        self._monitors[-1].expect(task.id for task in tasks)
+        for start in range(0, len(tasks), SUBMIT_SLICE):
+            try:
+                self._renew_lease()
+                self._add([*tasks[start : start + SUBMIT_SLICE]])
+            except _JobEnded as ended:
+                log.warning("%s; the tasks not added are reported not run", ended)
+                return
+        self._end_with_tasks()
+
+    def _create_job(self) -> None:
+        self._job_exists = True  # before: a create whose answer is lost is still deleted
+        self._lease_renewed = self._job_created = time.monotonic()  # its clock starts later
+        # JobExists: a create whose answer was lost, sent again; the id is this attempt's.
+        resent(lambda: self.client.create_job(self._new_job), done_if=frozenset({"JobExists"}))
+        self._monitors.append(TaskMonitor(self.client, self.job_id))
+        self._nodes = NodeWatcher(
+            self.client, self.job_id, self._pool_id, auto_pool=self._pool_id is None
+        )
+        where = self._pool_id or f"an auto-pool of {self._settings.vm_size}"
+        log.info("job %s on %s", self.job_id, where)
+
+    def _renew_lease(self) -> None:
+        """Push the job's deadline to a lease from now, if a third of it has gone by."""
+        from azure.batch import models as m
+
+        now = time.monotonic()
+        lease = self._settings.submit_lease
+        if now - self._lease_renewed < lease / 3:
+            return
+        deadline = min(now - self._job_created + lease, self.context.budget_s)
+        self._update_job(m.BatchJobUpdateOptions(constraints=_deadline(deadline)), ending=False)
+        self._lease_renewed = now
+
+    def _add(self, tasks: list[TaskSpec]) -> None:
+        from azure.batch.models import CreateTasksError
+
         batch_tasks = [
             batch_task(task, self.job_id, self._pool_env, self._task_app_files) for task in tasks
         ]
-        self._monitors[-1].expect(task.id for task in tasks)
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
             try:
                 self.client.create_tasks(
                     self.job_id, batch_tasks, max_concurrency=SUBMIT_CONCURRENCY
                 )
-                break
+                return
             except CreateTasksError as exc:
+                codes = {error_code(error) for error in exc.errors}
+                if codes & ALREADY_ENDING:
+                    raise _JobEnded(
+                        f"job {self.job_id} ended before all its tasks were in"
+                    ) from None
                 # Tasks whose request got no answer may be in: adding them again is safe,
                 # since the SDK counts TaskExists as added.
                 retry = not exc.failure_tasks and all(transient(e) for e in exc.errors)
@@ -252,9 +316,29 @@ class AzureBatchBackend(Backend):
                     _submission_failure(exc),
                 )
                 batch_tasks = list(exc.pending_tasks)
-        self.client.update_job(
-            self.job_id, m.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
+
+    def _end_with_tasks(self) -> None:
+        """Every task is in: the job ends when they have completed, or at the run's budget."""
+        from azure.batch import models as m
+
+        update = m.BatchJobUpdateOptions(
+            all_tasks_complete_mode="terminatejob", constraints=_deadline(self.context.budget_s)
         )
+        self._update_job(update, ending=True)
+
+    def _update_job(self, update: Any, *, ending: bool) -> None:
+        """PATCH this attempt's job, sent again if its answer is lost. ``JobCompleted``: the
+        job has ended — at once when every task had completed and ``ending`` set
+        terminatejob (the first PATCH went through, its answer was lost), else ``_JobEnded``."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            resent(lambda: self.client.update_job(self.job_id, update))
+        except AzureError as exc:
+            if error_code(exc) not in ALREADY_ENDING:
+                raise
+            if not ending:
+                raise _JobEnded(f"job {self.job_id} ended before all its tasks were in") from None
 
     def poll(self, timeout: float) -> list[TaskUpdate]:
         """Ask the service at most once per ``poll_interval``, however often this is called.
@@ -332,6 +416,21 @@ class AzureBatchBackend(Backend):
 
     def leftovers(self) -> list[str]:
         return list(self._leftovers)
+
+
+_TASK_ENDED = frozenset({"TaskCompleted", *ALREADY_ENDING})
+"""Refusals to terminate a task that has ended already, or whose job is ending."""
+
+
+class _JobEnded(Exception):
+    """The job ended while tasks were still being added."""
+
+
+def _deadline(seconds: float) -> Any:
+    """Job constraints with only a wall clock limit, ``seconds`` from the job's creation."""
+    from azure.batch import models as m
+
+    return m.BatchJobConstraints(max_wall_clock_time=timedelta(seconds=seconds))
 
 
 def _submission_failure(exc: Any) -> str:

@@ -1,8 +1,11 @@
-"""The Batch SDK's errors as fanout's one-line messages, and its long-running operations
-(terminate, delete) carried to their end.
+"""The Batch SDK's errors as fanout's one-line messages, requests whose answer may be lost,
+and its long-running operations (terminate, delete) carried to their end.
 
 The SDK has already retried throttling answered with Retry-After, and transient errors, when
-one of its errors reaches this module.
+one of its errors reaches this module. It does not send a POST or a PATCH again when the
+connection drops before the answer: the service may have carried it out, and only the caller
+knows whether sending it again is safe, and what the service then answers (``JobExists`` for
+a job created already, ``JobCompleted`` for one that ended since).
 """
 
 from __future__ import annotations
@@ -17,6 +20,36 @@ P = ParamSpec("P")
 R = TypeVar("R")
 ALREADY_ENDING = frozenset({"JobCompleted", "JobBeingTerminated", "JobBeingDeleted"})
 """Batch's refusals to stop or delete a job that is on its way out already."""
+REQUEST_ATTEMPTS = 3
+"""Sendings of a request that got no answer (or a transient error), before giving up."""
+
+
+def error_code(exc: Exception) -> str | None:
+    """The Batch error code of an SDK error, if the service answered with one."""
+    from azure.core.exceptions import HttpResponseError
+
+    if isinstance(exc, HttpResponseError) and exc.error is not None:
+        return exc.error.code
+    return None
+
+
+def resent(call: Callable[[], R], *, done_if: frozenset[str] = frozenset()) -> R | None:
+    """``call()``, sent again while it fails with no answer or a transient error, up to
+    ``REQUEST_ATTEMPTS`` times. An error whose code is in ``done_if`` (what the service
+    answers to a repeat of a request it carried out) counts as done: None. ``call`` must be
+    safe to repeat."""
+    from azure.core.exceptions import AzureError
+
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except AzureError as exc:
+            if error_code(exc) in done_if:
+                return None
+            if not transient(exc) or attempt == REQUEST_ATTEMPTS:
+                raise
+        attempt += 1
 
 
 def batch_errors(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -84,7 +117,7 @@ def carry_out(
     except ResourceNotFoundError:
         return None
     except HttpResponseError as exc:
-        if exc.error is not None and exc.error.code in ALREADY_ENDING:
+        if error_code(exc) in ALREADY_ENDING:
             return None
         return describe(exc, doing)
     except AzureError as exc:

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from fanout.errors import BackendError
 from fanout.redact import register_secret
+from fanout.spec import Duration
 
 if TYPE_CHECKING:
     from azure.batch import BatchClient
@@ -73,6 +74,14 @@ class AzureBatchSettings(BaseModel):
     )
     poll_interval: float = Field(
         default=5.0, gt=0, description="Seconds between two polls of the Batch service."
+    )
+    submit_lease: Duration = Field(
+        default=600.0,
+        description=(
+            "While tasks are being added, how long the job outlives a client that stopped"
+            " renewing it (killed, asleep, cut off): the service then ends the job and its"
+            " auto-pool. Once every task is in, the job ends when its tasks have."
+        ),
     )
 
     @model_validator(mode="after")
