@@ -163,8 +163,10 @@ class Backend(abc.ABC):
         """On a resumed run, before ``provision``: of the ``pending`` tasks (those the run
         still needs), the ids of those that an earlier attempt (``RunContext.earlier_job_ids``)
         left running or finished with the backend, and that ``poll`` will report. The
-        scheduler does not submit them again. By default nothing outlives a run, so there are
-        none."""
+        scheduler does not submit them again. A task that an earlier attempt still runs or
+        queues and that is not adopted — it is not in ``pending`` when its input changed
+        since — must be stopped there, so that nothing runs twice or on stale input. By
+        default nothing outlives a run, so there are none."""
         return set()
 
     @abc.abstractmethod
