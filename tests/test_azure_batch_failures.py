@@ -184,3 +184,61 @@ def test_a_job_that_ends_before_its_last_tasks_are_in_is_resumable(
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     assert len(list((job_dir / "out").rglob("*.out"))) == 150
     assert nothing_left(batch)
+
+
+def test_resume_stops_an_adopted_task_whose_input_changed(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    job_dir: Path,
+) -> None:
+    counter_job(job_dir, "edited", 2, slots=2)
+    run = start_run(job_dir, azure_container, batch_env)
+    wait_until(lambda: len(starts(job_dir)) == 2)
+    wait_until(lambda: any(line.startswith("PATCH /jobs/") for line in batch.requests()))
+    run.kill()
+    run.communicate(timeout=30)
+
+    (job_dir / "t1.txt").write_text("edited 1")  # t1 still runs in the first job, on the old
+    resumed = start_run(job_dir, azure_container, batch_env, "--resume")
+    wait_until(lambda: starts(job_dir).get("t1") == 2)  # stopped there, run again here
+    (job_dir / "release").touch()
+    stdout, stderr = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, stderr + stdout
+    assert "t1.txt changed since run" in stderr
+    assert received.count("Tasks_TerminateTask") == 1
+    assert starts(job_dir) == {"t0": 1, "t1": 2}  # t0 adopted, not run again
+    assert (job_dir / "out" / "t1" / "t1.out").read_text() == "edited 1"
+    assert (job_dir / "out" / "t0" / "t0.out").read_text() == "input 0"
+    assert nothing_left(batch)
+
+
+def test_a_run_whose_budget_ran_out_is_finished_by_resume(
+    batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
+) -> None:
+    write_inputs(job_dir, {f"t{n}.txt": str(n) for n in range(3)})
+    quick = job_dir / "quick"
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "overrun",
+                "inputs": ["*.txt"],
+                "command": f"[ -e {quick} ] || sleep 60; cp {{input}} {{input_stem}}.out",
+                "outputs": ["*.out"],
+                "budget": "4s",
+            }
+        },
+    )
+    first = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    assert first.returncode == 1, first.stderr + first.stdout
+    assert "run what did not succeed with" in first.stdout
+
+    quick.touch()
+    resumed = on_batch(
+        job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out", "--resume"
+    )
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert sorted(p.read_text() for p in (job_dir / "out").rglob("*.out")) == ["0", "1", "2"]
+    assert nothing_left(batch)
