@@ -247,3 +247,28 @@ def test_storage_that_vanishes_mid_run_is_one_line_and_exit_1(job_dir: Path) -> 
     assert result.returncode == 1, result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
     assert os.path.exists(job_dir / "out" / "fanout-run.json")
+
+
+def test_a_run_whose_storage_filled_up_is_finished_by_resume(
+    job_dir: Path, small_disk: Path, released: None
+) -> None:
+    counting_job(job_dir, "cramped", {"a.txt": "one", "w1.txt": "two"})
+    storage = small_disk / "store"
+    run = start(job_dir, "--storage", str(storage))
+    wait_until(lambda: (job_dir / "out" / "a" / "a.out").exists() and "w1" in starts(job_dir))
+    filler = small_disk / "filler"
+    subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=4k"], capture_output=True)
+    (job_dir / "release").touch()  # w1 cannot deliver its output, nor the run save its ledger
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 1, stderr + stdout
+    assert "Traceback" not in stderr + stdout
+    assert "No space left on device" in stderr
+    assert "run what did not succeed with" in stdout
+
+    filler.unlink()
+    resumed = run_fanout("run", "job.toml", "--out", "out", "--storage", storage, "--resume",
+                         cwd=job_dir)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert sorted(starts(job_dir)) == ["a", "w1", "w1"]  # only what did not succeed ran again
+    assert (job_dir / "out" / "w1" / "w1.out").read_text() == "two"
+    assert_record_matches_files(job_dir / "out")
