@@ -54,7 +54,7 @@ def held(
         batch.emulator.operations[operation] = handler
 
 
-def quick_job(job_dir: Path, name: str, count: int) -> Path:
+def quick_job(job_dir: Path, name: str, count: int, **settings: object) -> Path:
     write_inputs(job_dir, {f"t{n}.txt": f"input {n}" for n in range(count)})
     return write_job(
         job_dir,
@@ -65,7 +65,7 @@ def quick_job(job_dir: Path, name: str, count: int) -> Path:
                 "command": "cp {input} {input_stem}.out",
                 "outputs": ["*.out"],
             },
-            "backends.azure-batch": {"slots": 4},
+            "backends.azure-batch": {"slots": 4, **settings},
         },
     )
 
@@ -121,10 +121,11 @@ def test_a_client_killed_while_it_follows_the_tasks_leaves_a_job_that_ends_with_
     assert job.execution_info.termination_reason == "AllTasksComplete"
 
 
-LOST: dict[str, str] = {
-    "the job's creation": "Jobs_CreateJob",
-    "a task collection": "Tasks_CreateTaskCollection",
-    "the update that ends the job with its tasks": "Jobs_UpdateJob",
+LOST: dict[str, tuple[str, dict[str, object]]] = {
+    "the job's creation": ("Jobs_CreateJob", {}),
+    "a task collection": ("Tasks_CreateTaskCollection", {}),
+    "the update that ends the job with its tasks": ("Jobs_UpdateJob", {}),
+    "a kept pool's creation": ("Pools_CreatePool", {"pool_id": "warm", "keep_pool": True}),
 }
 
 
@@ -138,17 +139,18 @@ def test_a_lost_answer_is_success(
     job_dir: Path,
 ) -> None:
     """Carried out, never answered: sent again, the service's "already done" is success."""
-    quick_job(job_dir, "lost", 3)
-    batch.emulator.lost.lose(LOST[request_])
+    operation, settings = LOST[request_]
+    quick_job(job_dir, "lost", 3, **settings)
+    batch.emulator.lost.lose(operation)
     result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
     assert result.returncode == 0, result.stderr + result.stdout
-    assert received.count(LOST[request_]) == 2
+    assert received.count(operation) == 2
     assert sorted(p.name for p in (job_dir / "out").rglob("*.out")) == [
         "t0.out",
         "t1.out",
         "t2.out",
     ]
-    assert nothing_left(batch)
+    assert not list(batch.client().list_jobs())
 
 
 def test_a_job_that_ends_before_its_last_tasks_are_in_is_resumable(

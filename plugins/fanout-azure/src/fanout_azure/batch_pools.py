@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from fanout.backend import PoolSpec, setup_script
 from fanout.errors import BackendError, SetupError
+from fanout_azure.batch_calls import resent
 from fanout_azure.batch_settings import AzureBatchSettings
 from fanout_azure.batch_tasks import SHARED_APP_DIR, environment, resource_files, wire_value
 
@@ -111,10 +112,13 @@ def start_task(pool: PoolSpec) -> Any:
 
 
 def create_named_pool(client: BatchClient, pool_id: str, spec: Any) -> None:
-    """Create the pool ``spec`` (a pool specification) describes, named ``pool_id``."""
+    """Create the pool ``spec`` (a pool specification) describes, named ``pool_id`` (sent
+    again if the answer is lost: ``PoolExists`` then means it went through — the caller just
+    found no pool of that name)."""
     from azure.batch import models as m
 
-    client.create_pool(m.BatchPoolCreateOptions({**spec.as_dict(), "id": pool_id}))
+    pool = m.BatchPoolCreateOptions({**spec.as_dict(), "id": pool_id})
+    resent(lambda: client.create_pool(pool), done_if=frozenset({"PoolExists"}))
 
 
 def reuse_pool(
@@ -148,7 +152,8 @@ def reuse_pool(
         existing.target_low_priority_nodes or 0
     )
     if same_setup:
-        client.update_pool(pool_id, m.BatchPoolUpdateOptions(start_task=start_task(pool)))
+        update = m.BatchPoolUpdateOptions(start_task=start_task(pool))
+        resent(lambda: client.update_pool(pool_id, update))
     if grow_dedicated or grow_spot:
         _grow(client, existing, settings)
     return same_setup
