@@ -445,6 +445,25 @@ def test_double_star_globs_recurse(job_dir: Path) -> None:
     assert sorted(task.input.name for task in plan.tasks) == ["deep.txt", "mid.txt", "top.txt"]
 
 
+@pytest.mark.timeout(20)  # following both loops below would take 2**40 steps
+def test_double_star_does_not_descend_into_links_to_directories(job_dir: Path) -> None:
+    write_inputs(job_dir, {name: name for name in ("in/top.txt", "in/d1/mid.txt", "far/x.txt")})
+    (job_dir / "in" / "d1" / "up").symlink_to("..")  # in/d1/up/d1/up/d1/... : a loop
+    (job_dir / "in" / "d1" / "again").symlink_to("..")  # a second loop beside it
+    (job_dir / "in" / "far").symlink_to(job_dir / "far")
+    (job_dir / "in" / "alias.txt").symlink_to("top.txt")
+
+    def inputs(*patterns: str) -> list[str]:
+        plan = make_plan(load_job(write_job(job_dir, job_tables(inputs=list(patterns)))))
+        return [str(task.input.relative_to(job_dir)) for task in plan.tasks]
+
+    assert inputs("in/**/*.txt") == ["in/alias.txt", "in/d1/mid.txt", "in/top.txt"]
+    assert inputs("**/*.txt") == ["far/x.txt", "in/alias.txt", "in/d1/mid.txt", "in/top.txt"]
+    # A link that the pattern names, or that a single * matches, is followed.
+    assert inputs("in/far/**/*.txt", "in/d1/up/top.txt") == ["in/d1/up/top.txt", "in/far/x.txt"]
+    assert inputs("in/*/*.txt") == ["in/d1/mid.txt", "in/far/x.txt"]
+
+
 def test_job_directory_with_glob_characters(tmp_path: Path) -> None:
     job_dir = tmp_path / "jobs[1]"
     write_inputs(job_dir, {"in/a.txt": "a"})

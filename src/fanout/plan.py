@@ -6,16 +6,20 @@ task's command line, so ``fanout run --dry-run`` and a real run see exactly the 
 
 from __future__ import annotations
 
-import glob
 import os
 import shlex
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from wcmatch import glob
+
 from fanout.errors import JobFileError
 from fanout.spec import Job
 from fanout.taskids import derive_task_ids
+
+GLOB_FLAGS = glob.GLOBSTAR | glob.GLOBTILDE
+"""``**`` for any depth, ``~`` for the home directory; ``*`` skips hidden files, as in a shell."""
 
 
 @dataclass(frozen=True)
@@ -75,17 +79,23 @@ def render_command(template: str, task_id: str, input_path: Path) -> str:
 def resolve_files(job: Job, patterns: list[str], field: str) -> list[Path]:
     """Every file the globs in ``[job] field`` match, sorted, each once.
 
-    Patterns are relative to the job file's directory unless absolute; ``**`` matches any depth.
-    A pattern that matches no file is an error: it is almost always a typo.
+    Patterns are relative to the job file's directory unless absolute; ``**`` matches any depth
+    but does not descend into symbolic links to directories, as ``find`` does not: a link to an
+    ancestor would otherwise repeat the tree beneath it until paths grow too long. A link named
+    in the pattern itself, or matched by ``*``, is followed. A pattern that matches no file is
+    an error: it is almost always a typo.
     """
     found: set[Path] = set()
     for pattern in patterns:
-        full = os.path.join(glob.escape(str(job.directory)), os.path.expanduser(pattern))
-        matches = [p for p in glob.glob(full, recursive=True) if os.path.isfile(p)]
+        matches = [
+            path
+            for match in glob.glob(pattern, flags=GLOB_FLAGS, root_dir=job.directory)
+            if (path := job.directory / match).is_file()
+        ]
         if not matches:
             raise JobFileError(f"{job.path}: [job] {field}: '{pattern}' matches no file")
         # Absolute but not resolved: a symbolic link keeps its own name.
-        found.update(Path(os.path.abspath(match)) for match in matches)
+        found.update(Path(os.path.abspath(path)) for path in matches)
     return sorted(found)
 
 
