@@ -464,6 +464,24 @@ def test_double_star_does_not_descend_into_links_to_directories(job_dir: Path) -
     assert inputs("in/*/*.txt") == ["in/d1/mid.txt", "in/far/x.txt"]
 
 
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [("inputs", "two\nlines.txt"), ("inputs", "tab\there.txt"), ("app", "bell\x07.sh")],
+    ids=["line-feed", "tab", "app-bell"],
+)
+def test_a_file_name_with_a_control_character_is_refused_on_a_real_run(
+    job_files: Path, field: str, name: str
+) -> None:
+    write_inputs(job_files, {f"bin/{name}": "x", "bin/tool.sh": "", "bin/ok.txt": ""})
+    write_job(job_files, job_tables(app=["bin/*.sh"], inputs=["in/*.txt", "bin/*.txt"]))
+    before = tree(job_files.parent)
+    result = run_fanout("run", "job.toml", cwd=job_files)
+    shown = repr(str(job_files / "bin" / name))
+    (control,) = (char for char in name if not char.isprintable())
+    assert_one_line_error(result, "job.toml", f"[job] {field}: {shown}", f"U+{ord(control):04X}")
+    assert tree(job_files.parent) == before
+
+
 def test_job_directory_with_glob_characters(tmp_path: Path) -> None:
     job_dir = tmp_path / "jobs[1]"
     write_inputs(job_dir, {"in/a.txt": "a"})

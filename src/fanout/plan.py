@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shlex
 import string
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def resolve_files(job: Job, patterns: list[str], field: str) -> list[Path]:
     but does not descend into symbolic links to directories, as ``find`` does not: a link to an
     ancestor would otherwise repeat the tree beneath it until paths grow too long. A link named
     in the pattern itself, or matched by ``*``, is followed. A pattern that matches no file is
-    an error: it is almost always a typo.
+    an error (it is almost always a typo), and so is a file name with a control character.
     """
     found: set[Path] = set()
     for pattern in patterns:
@@ -96,13 +97,30 @@ def resolve_files(job: Job, patterns: list[str], field: str) -> list[Path]:
             raise JobFileError(f"{job.path}: [job] {field}: '{pattern}' matches no file")
         # Absolute but not resolved: a symbolic link keeps its own name.
         found.update(Path(os.path.abspath(path)) for path in matches)
-    return sorted(found)
+    files = sorted(found)
+    for path in files:
+        _refuse_control_characters(job, path, field)
+    return files
 
 
 def _stable_key(job: Job, path: Path) -> str:
     """What identifies an input across runs: its path relative to the job file, if it is
     beneath it, so that moving the whole job folder keeps its task ids."""
     return str(path.relative_to(job.directory)) if path.is_relative_to(job.directory) else str(path)
+
+
+def _refuse_control_characters(job: Job, path: Path, field: str) -> None:
+    """A file's name travels to storage (as a blob name) and to nodes (as a file name there);
+    Azure Blob Storage refuses control characters in blob names, and a line break in a name
+    would split every line that shows it. Refused on every backend, so that a job file that
+    runs on one runs on all."""
+    for char in path.name:
+        if unicodedata.category(char) == "Cc":
+            raise JobFileError(
+                f"{job.path}: [job] {field}: {str(path)!r}: a file name may not hold a control"
+                f" character (here U+{ord(char):04X}), which Azure Blob Storage refuses;"
+                " rename the file"
+            )
 
 
 def _refuse_duplicate_names(job: Job, files: list[Path], field: str) -> None:
