@@ -462,3 +462,24 @@ def test_an_input_name_with_a_line_break_is_refused_before_anything_is_created(
     with azurite.blob_service() as service:
         assert list(service.get_container_client(azure_container).list_blobs()) == []
     assert not (job_dir / "out").exists()
+
+
+def test_a_storage_batch_nodes_cannot_reach_is_refused_before_anything_is_staged(
+    batch: Running, received: Received, batch_env: dict[str, str], job_dir: Path, tmp_path: Path
+) -> None:
+    write_inputs(job_dir, {"a.txt": "a"})
+    write_job(
+        job_dir,
+        {"job": {"name": "local-store", "inputs": ["*.txt"], "command": "cp {input} a.out"}},
+    )
+    store = tmp_path / "store"
+    result = run_fanout("run", "job.toml", "--backend", "azure-batch", "--storage", store,
+                        "--out", "out", cwd=job_dir, env=batch_env)  # fmt: skip
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert result.stderr.splitlines() == [
+        f"fanout: error: backend 'azure-batch' cannot use storage file://{store}: Batch nodes"
+        " reach storage only through Azure Blob SAS URLs; use --storage az://CONTAINER/prefix"
+    ]
+    assert received.requests == []  # no preflight even, let alone a job
+    assert not store.exists()
+    assert not (job_dir / "out").exists()

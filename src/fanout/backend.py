@@ -15,9 +15,12 @@ import enum
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from fanout.signing import Signer
 
 
 class Capability(enum.Enum):
@@ -155,6 +158,14 @@ class Backend(abc.ABC):
     def __init__(self, settings: BaseModel, context: RunContext) -> None:
         self.settings = settings
         self.context = context
+
+    @classmethod
+    def unusable_storage(cls, url: str, signer: type[Signer]) -> str | None:
+        """Why this backend's nodes cannot work with the storage at ``url``, whose URLs for
+        nodes ``signer`` hands out (``fanout.plugins.signer_for``): the end of one line, naming
+        what to use instead; None when they can. Asked before anything is checked, staged or
+        created (``--dry-run`` too). By default every storage will do."""
+        return None
 
     def preflight(self) -> None:  # noqa: B027 - a hook with nothing to check by default
         """Check that the backend can run (reachable, credentials accepted); create nothing."""

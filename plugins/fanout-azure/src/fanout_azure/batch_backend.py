@@ -32,6 +32,7 @@ from fanout.backend import (
     TaskUpdate,
 )
 from fanout.errors import BackendError
+from fanout.signing import Signer
 from fanout_azure.batch_calls import (
     batch_errors,
     carry_out,
@@ -49,6 +50,7 @@ from fanout_azure.batch_pools import (
 )
 from fanout_azure.batch_settings import AzureBatchSettings, batch_client
 from fanout_azure.batch_tasks import batch_task, task_update, wire_value
+from fanout_azure.blob_signer import AzureBlobSigner
 
 if TYPE_CHECKING:
     from azure.batch import BatchClient
@@ -95,6 +97,18 @@ class AzureBatchBackend(Backend):
         self._next_poll = 0.0
         self._last_answer: float | None = None
         self._leftovers: list[str] = []
+
+    @classmethod
+    def unusable_storage(cls, url: str, signer: type[Signer]) -> str | None:
+        """Nodes download inputs through resource files and upload outputs as output files to
+        a blob container: both need Azure Blob SAS URLs, which only ``AzureBlobSigner`` (az://,
+        abfs://) hands out."""
+        if issubclass(signer, AzureBlobSigner):
+            return None
+        return (
+            "Batch nodes reach storage only through Azure Blob SAS URLs;"
+            " use --storage az://CONTAINER/prefix"
+        )
 
     @property
     def client(self) -> BatchClient:
