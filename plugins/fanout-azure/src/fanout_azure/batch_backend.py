@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence, Set
+from collections.abc import Iterator, Sequence, Set
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from fanout.backend import (
     Backend,
     Capability,
+    CleanedItem,
     PoolSpec,
     ResourceFile,
     RunContext,
@@ -338,7 +339,7 @@ class AzureBatchBackend(Backend):
     @classmethod
     def clean(
         cls, settings: BaseModel, job_dir: Path, *, dry_run: bool, everything: bool
-    ) -> list[str]:
+    ) -> Iterator[CleanedItem]:
         from fanout_azure.batch_clean import clean
 
         assert isinstance(settings, AzureBatchSettings)
