@@ -109,7 +109,7 @@ def test_clean_exits_1_when_something_could_not_be_deleted_and_deletes_the_rest(
     )
     assert pool_line == "deleted pool left-pool (run 20261125-000000-dead)"
     assert done.stderr.splitlines() == [
-        "fanout: error: 1 of 2 could not be deleted; fanout clean tries them again when run again"
+        "fanout: error: 1 of 2 could not be deleted; run fanout clean again later to retry"
     ]
     assert received.count("Pools_DeletePool") == 1
 

@@ -149,8 +149,8 @@ def clean_command(job_file: Path | None, backend: str, dry_run: bool, everything
             click.echo(f"nothing to clean on backend {backend}")
         if left:
             click.echo(
-                f"fanout: error: {left} of {count} could not be deleted; fanout clean tries them"
-                " again when run again",
+                f"fanout: error: {left} of {count} could not be deleted; run fanout clean again"
+                " later to retry",
                 err=True,
             )
             sys.exit(ExitCode.NOT_ALL_DELETED)
