@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
-from batch_emulator import Running, make_pool
+from batch_emulator import IMAGE, Running, make_pool
 from batch_runs import Received, counter_job, nothing_left, on_batch, start_run, starts
 from conftest import load_record, run_fanout, wait_until, write_inputs, write_job
 
@@ -75,6 +75,43 @@ def test_clean_deletes_fanouts_leftovers_and_nothing_else(
     assert done.returncode == 0, done.stderr
     assert sorted(job.id for job in client.list_jobs()) == ["their-job"]
     assert [pool.id for pool in client.list_pools()] == ["theirs"]
+
+
+def test_clean_exits_1_when_something_could_not_be_deleted_and_deletes_the_rest(
+    batch: Running, received: Received, batch_env: dict[str, str], tmp_path: Path
+) -> None:
+    client = batch.client()
+    mark = [m.BatchMetadataItem(name="fanout-run", value="20261125-000000-dead")]
+    client.create_pool(
+        m.BatchPoolCreateOptions(
+            id="left-pool", vm_size="standard_d2s_v3", virtual_machine_configuration=IMAGE,
+            target_dedicated_nodes=1, metadata=mark,
+        )
+    )  # fmt: skip
+    client.create_job(
+        m.BatchJobCreateOptions(
+            id="left-job", pool_info=m.BatchPoolInfo(pool_id="left-pool"), metadata=mark
+        )
+    )
+    client.create_task("left-job", m.BatchTaskCreateOptions(id="t", command_line="true"))
+    client.update_job("left-job", m.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob"))
+    wait_until(lambda: client.get_job("left-job").state == "completed")
+    wait_until(lambda: client.get_job("left-job").state == "completed")
+    # Every delete of a job is carried out but never answered: the client cannot tell.
+    batch.emulator.lost.lose("Jobs_DeleteJob", 100)
+
+    done = run_fanout("clean", "--backend", "azure-batch", cwd=tmp_path, env=batch_env)
+    assert done.returncode == 1, done.stderr + done.stdout
+    job_line, pool_line = done.stdout.splitlines()
+    assert job_line.startswith(
+        "could not delete job left-job (completed, run 20261125-000000-dead):"
+        " Batch could not be reached while deleting left-job"
+    )
+    assert pool_line == "deleted pool left-pool (run 20261125-000000-dead)"
+    assert done.stderr.splitlines() == [
+        "fanout: error: 1 of 2 could not be deleted; run fanout clean again later to retry"
+    ]
+    assert received.count("Pools_DeletePool") == 1
 
 
 def test_resume_after_the_client_died_runs_no_task_twice(

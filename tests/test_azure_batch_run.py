@@ -434,3 +434,58 @@ def test_tasks_whose_submission_got_no_answer_are_added_once(
     assert received.count("Tasks_CreateTaskCollection") == 2
     assert starts(job_dir) == {f"t{n}": 1 for n in range(5)}  # none was added twice
     assert nothing_left(batch)
+
+
+def test_an_input_name_with_a_line_break_is_refused_before_anything_is_created(
+    batch: Running,
+    received: Received,
+    batch_env: dict[str, str],
+    azure_container: str,
+    azurite: Azurite,
+    job_dir: Path,
+) -> None:
+    # Azurite would take the blob, but Azure Blob Storage refuses control characters in names.
+    write_inputs(job_dir, {"fine.txt": "a", "two\nlines.txt": "b"})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "linebreak",
+                "inputs": ["*.txt"],
+                "command": "cp {input} {input_stem}.out",
+                "outputs": ["*.out"],
+            }
+        },
+    )
+    result = on_batch(job_dir / "job.toml", azure_container, batch_env, "--out", job_dir / "out")
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert result.stderr.splitlines() == [
+        f"fanout: error: {job_dir / 'job.toml'}: [job] inputs: '{job_dir}/two\\nlines.txt':"
+        " a file name may not hold a control character (here U+000A), which Azure Blob"
+        " Storage refuses; rename the file"
+    ]
+    assert received.requests == []
+    with azurite.blob_service() as service:
+        assert list(service.get_container_client(azure_container).list_blobs()) == []
+    assert not (job_dir / "out").exists()
+
+
+def test_a_storage_batch_nodes_cannot_reach_is_refused_before_anything_is_staged(
+    batch: Running, received: Received, batch_env: dict[str, str], job_dir: Path, tmp_path: Path
+) -> None:
+    write_inputs(job_dir, {"a.txt": "a"})
+    write_job(
+        job_dir,
+        {"job": {"name": "local-store", "inputs": ["*.txt"], "command": "cp {input} a.out"}},
+    )
+    store = tmp_path / "store"
+    result = run_fanout("run", "job.toml", "--backend", "azure-batch", "--storage", store,
+                        "--out", "out", cwd=job_dir, env=batch_env)  # fmt: skip
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert result.stderr.splitlines() == [
+        f"fanout: error: backend 'azure-batch' cannot use storage file://{store}: Batch nodes"
+        " reach storage only through Azure Blob SAS URLs; use --storage az://CONTAINER/prefix"
+    ]
+    assert received.requests == []  # no preflight even, let alone a job
+    assert not store.exists()
+    assert not (job_dir / "out").exists()

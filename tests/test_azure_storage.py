@@ -297,3 +297,24 @@ def test_sas_over_plain_http_is_refused_unless_loopback(
     storage = Storage(AzureBlobSigner("az://runs/x", datetime.now(UTC) + timedelta(hours=1)))
     with pytest.raises(StorageError, match="plain http"):
         storage.check_reachable()
+
+
+def test_staging_many_files_at_once_prints_no_warning(
+    azurite: Azurite, azure_container: str, tmp_path: Path, job_dir: Path
+) -> None:
+    # More files than threads stage at once, and than urllib3 keeps connections by default.
+    write_inputs(job_dir, {f"in{n:02}.txt": f"input {n}" for n in range(40)})
+    write_job(
+        job_dir,
+        {"job": {"name": "crowd", "inputs": ["*.txt"], "command": "cp {input} {input_stem}.out",
+                 "outputs": ["*.out"]}},
+    )  # fmt: skip
+    env = {**azure_env(azurite), "FANOUT_LOCAL_ROOT": str(tmp_path / "nodes")}
+    result = run_fanout("run", "job.toml", "--storage", f"az://{azure_container}/many",
+                        "--out", "out", cwd=job_dir, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert result.stderr == ""
+    with azurite.blob_service() as service:
+        blobs = service.get_container_client(azure_container).list_blob_names()
+        assert len([name for name in blobs if "/staged/" in name]) == 40
+    assert (job_dir / "out" / "in39" / "in39.out").read_text() == "input 39"

@@ -445,6 +445,43 @@ def test_double_star_globs_recurse(job_dir: Path) -> None:
     assert sorted(task.input.name for task in plan.tasks) == ["deep.txt", "mid.txt", "top.txt"]
 
 
+@pytest.mark.timeout(20)  # following both loops below would take 2**40 steps
+def test_double_star_does_not_descend_into_links_to_directories(job_dir: Path) -> None:
+    write_inputs(job_dir, {name: name for name in ("in/top.txt", "in/d1/mid.txt", "far/x.txt")})
+    (job_dir / "in" / "d1" / "up").symlink_to("..")  # in/d1/up/d1/up/d1/... : a loop
+    (job_dir / "in" / "d1" / "again").symlink_to("..")  # a second loop beside it
+    (job_dir / "in" / "far").symlink_to(job_dir / "far")
+    (job_dir / "in" / "alias.txt").symlink_to("top.txt")
+
+    def inputs(*patterns: str) -> list[str]:
+        plan = make_plan(load_job(write_job(job_dir, job_tables(inputs=list(patterns)))))
+        return [str(task.input.relative_to(job_dir)) for task in plan.tasks]
+
+    assert inputs("in/**/*.txt") == ["in/alias.txt", "in/d1/mid.txt", "in/top.txt"]
+    assert inputs("**/*.txt") == ["far/x.txt", "in/alias.txt", "in/d1/mid.txt", "in/top.txt"]
+    # A link that the pattern names, or that a single * matches, is followed.
+    assert inputs("in/far/**/*.txt", "in/d1/up/top.txt") == ["in/d1/up/top.txt", "in/far/x.txt"]
+    assert inputs("in/*/*.txt") == ["in/d1/mid.txt", "in/far/x.txt"]
+
+
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [("inputs", "two\nlines.txt"), ("inputs", "tab\there.txt"), ("app", "bell\x07.sh")],
+    ids=["line-feed", "tab", "app-bell"],
+)
+def test_a_file_name_with_a_control_character_is_refused_on_a_real_run(
+    job_files: Path, field: str, name: str
+) -> None:
+    write_inputs(job_files, {f"bin/{name}": "x", "bin/tool.sh": "", "bin/ok.txt": ""})
+    write_job(job_files, job_tables(app=["bin/*.sh"], inputs=["in/*.txt", "bin/*.txt"]))
+    before = tree(job_files.parent)
+    result = run_fanout("run", "job.toml", cwd=job_files)
+    shown = repr(str(job_files / "bin" / name))
+    (control,) = (char for char in name if not char.isprintable())
+    assert_one_line_error(result, "job.toml", f"[job] {field}: {shown}", f"U+{ord(control):04X}")
+    assert tree(job_files.parent) == before
+
+
 def test_job_directory_with_glob_characters(tmp_path: Path) -> None:
     job_dir = tmp_path / "jobs[1]"
     write_inputs(job_dir, {"in/a.txt": "a"})

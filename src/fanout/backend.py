@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence, Set
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from fanout.signing import Signer
 
 
 class Capability(enum.Enum):
@@ -129,6 +132,17 @@ class RunContext:
     """The job ids of earlier attempts at this run, oldest first (when resuming)."""
 
 
+@dataclass(frozen=True)
+class CleanedItem:
+    """Something ``fanout clean`` found that an earlier run left on a backend."""
+
+    description: str
+    """What it is, on one line: ``job topwords-20261125-052400-8a49 (completed, run …)``."""
+    problem: str | None = None
+    """Why it could not be deleted, on one line; None once it is deleted (or on its way out),
+    and on a dry run."""
+
+
 class NoSettings(BaseModel):
     """Settings of a backend that has none."""
 
@@ -155,6 +169,14 @@ class Backend(abc.ABC):
     def __init__(self, settings: BaseModel, context: RunContext) -> None:
         self.settings = settings
         self.context = context
+
+    @classmethod
+    def unusable_storage(cls, url: str, signer: type[Signer]) -> str | None:
+        """Why this backend's nodes cannot work with the storage at ``url``, whose URLs for
+        nodes ``signer`` hands out (``fanout.plugins.signer_for``): the end of one line, naming
+        what to use instead; None when they can. Asked before anything is checked, staged or
+        created (``--dry-run`` too). By default every storage will do."""
+        return None
 
     def preflight(self) -> None:  # noqa: B027 - a hook with nothing to check by default
         """Check that the backend can run (reachable, credentials accepted); create nothing."""
@@ -201,10 +223,12 @@ class Backend(abc.ABC):
     @classmethod
     def clean(
         cls, settings: BaseModel, job_dir: Path, *, dry_run: bool, everything: bool
-    ) -> list[str]:
+    ) -> Iterable[CleanedItem]:
         """For ``fanout clean``: find what earlier runs left on this backend — only what
         carries fanout's marks — and delete it unless ``dry_run``. ``everything`` also takes
-        what may still be in use or was kept on purpose. One line per item found."""
+        what may still be in use or was kept on purpose. One item per thing found, with the
+        reason when it could not be deleted; a generator lets each show as it is done. Raise
+        ``BackendError`` only when the backend cannot be asked at all."""
         return []
 
     def leftovers(self) -> list[str]:

@@ -137,10 +137,25 @@ def clean_command(job_file: Path | None, backend: str, dry_run: bool, everything
         job_dir = job.directory if job is not None else Path.cwd()
         found = backend_cls.clean(settings, job_dir, dry_run=dry_run, everything=everything)
         verb = "would delete" if dry_run else "deleted"
+        count, left = 0, 0
         for item in found:
-            click.echo(f"{verb} {item}")
-        if not found:
+            count += 1
+            if item.problem is None:
+                click.echo(f"{verb} {one_line(item.description)}")
+            else:
+                left += 1
+                click.echo(
+                    f"could not delete {one_line(item.description)}: {one_line(item.problem)}"
+                )
+        if not count:
             click.echo(f"nothing to clean on backend {backend}")
+        if left:
+            click.echo(
+                f"fanout: error: {left} of {count} could not be deleted; run fanout clean again"
+                " later to retry",
+                err=True,
+            )
+            sys.exit(ExitCode.NOT_ALL_DELETED)
 
 
 @contextmanager

@@ -12,6 +12,8 @@ class ExitCode(IntEnum):
     """Every task succeeded."""
     TASKS_FAILED = 1
     """The run finished, but at least one task failed."""
+    NOT_ALL_DELETED = 1
+    """``fanout clean`` could not delete something it found."""
     USAGE_ERROR = 2
     """Bad arguments, a bad job file, or a backend or storage that cannot be used."""
     INTERRUPTED = 130

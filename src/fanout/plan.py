@@ -6,16 +6,21 @@ task's command line, so ``fanout run --dry-run`` and a real run see exactly the 
 
 from __future__ import annotations
 
-import glob
 import os
 import shlex
 import string
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from wcmatch import glob
 
 from fanout.errors import JobFileError
 from fanout.spec import Job
 from fanout.taskids import derive_task_ids
+
+GLOB_FLAGS = glob.GLOBSTAR | glob.GLOBTILDE
+"""``**`` for any depth, ``~`` for the home directory; ``*`` skips hidden files, as in a shell."""
 
 
 @dataclass(frozen=True)
@@ -75,24 +80,47 @@ def render_command(template: str, task_id: str, input_path: Path) -> str:
 def resolve_files(job: Job, patterns: list[str], field: str) -> list[Path]:
     """Every file the globs in ``[job] field`` match, sorted, each once.
 
-    Patterns are relative to the job file's directory unless absolute; ``**`` matches any depth.
-    A pattern that matches no file is an error: it is almost always a typo.
+    Patterns are relative to the job file's directory unless absolute; ``**`` matches any depth
+    but does not descend into symbolic links to directories, as ``find`` does not: a link to an
+    ancestor would otherwise repeat the tree beneath it until paths grow too long. A link named
+    in the pattern itself, or matched by ``*``, is followed. A pattern that matches no file is
+    an error (it is almost always a typo), and so is a file name with a control character.
     """
     found: set[Path] = set()
     for pattern in patterns:
-        full = os.path.join(glob.escape(str(job.directory)), os.path.expanduser(pattern))
-        matches = [p for p in glob.glob(full, recursive=True) if os.path.isfile(p)]
+        matches = [
+            path
+            for match in glob.glob(pattern, flags=GLOB_FLAGS, root_dir=job.directory)
+            if (path := job.directory / match).is_file()
+        ]
         if not matches:
             raise JobFileError(f"{job.path}: [job] {field}: '{pattern}' matches no file")
         # Absolute but not resolved: a symbolic link keeps its own name.
-        found.update(Path(os.path.abspath(match)) for match in matches)
-    return sorted(found)
+        found.update(Path(os.path.abspath(path)) for path in matches)
+    files = sorted(found)
+    for path in files:
+        _refuse_control_characters(job, path, field)
+    return files
 
 
 def _stable_key(job: Job, path: Path) -> str:
     """What identifies an input across runs: its path relative to the job file, if it is
     beneath it, so that moving the whole job folder keeps its task ids."""
     return str(path.relative_to(job.directory)) if path.is_relative_to(job.directory) else str(path)
+
+
+def _refuse_control_characters(job: Job, path: Path, field: str) -> None:
+    """A file's name travels to storage (as a blob name) and to nodes (as a file name there);
+    Azure Blob Storage refuses control characters in blob names, and a line break in a name
+    would split every line that shows it. Refused on every backend, so that a job file that
+    runs on one runs on all."""
+    for char in path.name:
+        if unicodedata.category(char) == "Cc":
+            raise JobFileError(
+                f"{job.path}: [job] {field}: {str(path)!r}: a file name may not hold a control"
+                f" character (here U+{ord(char):04X}), which Azure Blob Storage refuses;"
+                " rename the file"
+            )
 
 
 def _refuse_duplicate_names(job: Job, files: list[Path], field: str) -> None:

@@ -17,7 +17,7 @@ import pluggy
 from pydantic import BaseModel, ValidationError
 
 from fanout.backend import Backend, Capability
-from fanout.errors import FanoutError, JobFileError
+from fanout.errors import BackendError, FanoutError, JobFileError
 from fanout.plan import Plan, make_plan
 from fanout.plugins import backends, get_backend, signer_for
 from fanout.signing import Signer
@@ -68,6 +68,8 @@ def prepare(job: Job, options: RunOptions, manager: pluggy.PluginManager | None 
     check_capabilities(backend_cls, job.spec.job)
     unknown = sorted(set(job.spec.backends) - set(available))
     url = storage_url(job, options)
+    signer_cls = signer_for(url, manager)
+    check_storage(backend_cls, url, signer_cls)
     return Prepared(
         warnings=tuple(
             f"{job.path}: [backends.{name}] names no installed backend" for name in unknown
@@ -77,7 +79,7 @@ def prepare(job: Job, options: RunOptions, manager: pluggy.PluginManager | None 
         backend_cls=backend_cls,
         settings=settings,
         storage_url=url,
-        signer_cls=signer_for(url, manager),
+        signer_cls=signer_cls,
         options=options,
     )
 
@@ -138,6 +140,13 @@ def check_capabilities(backend_cls: type[Backend], section: JobSection) -> None:
     for capability, (what, needed) in needs.items():
         if needed and capability not in backend_cls.capabilities:
             raise FanoutError(f"backend '{backend_cls.name}' cannot run {what}")
+
+
+def check_storage(backend_cls: type[Backend], url: str, signer_cls: type[Signer]) -> None:
+    """Refuse, before anything is staged or created, a storage the backend's nodes cannot use."""
+    problem = backend_cls.unusable_storage(url, signer_cls)
+    if problem is not None:
+        raise BackendError(f"backend '{backend_cls.name}' cannot use storage {url}: {problem}")
 
 
 def storage_url(job: Job, options: RunOptions) -> str:

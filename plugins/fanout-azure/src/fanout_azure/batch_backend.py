@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Sequence, Set
+from collections.abc import Iterator, Sequence, Set
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from fanout.backend import (
     Backend,
     Capability,
+    CleanedItem,
     PoolSpec,
     ResourceFile,
     RunContext,
@@ -36,6 +37,7 @@ from fanout.backend import (
     TaskUpdate,
 )
 from fanout.errors import BackendError
+from fanout.signing import Signer
 from fanout_azure.batch_calls import (
     ALREADY_ENDING,
     batch_errors,
@@ -56,6 +58,7 @@ from fanout_azure.batch_pools import (
 )
 from fanout_azure.batch_settings import AzureBatchSettings, batch_client
 from fanout_azure.batch_tasks import batch_task, task_update, wire_value
+from fanout_azure.blob_signer import AzureBlobSigner
 
 if TYPE_CHECKING:
     from azure.batch import BatchClient
@@ -105,6 +108,18 @@ class AzureBatchBackend(Backend):
         self._next_poll = 0.0
         self._last_answer: float | None = None
         self._leftovers: list[str] = []
+
+    @classmethod
+    def unusable_storage(cls, url: str, signer: type[Signer]) -> str | None:
+        """Nodes download inputs through resource files and upload outputs as output files to
+        a blob container: both need Azure Blob SAS URLs, which only ``AzureBlobSigner`` (az://,
+        abfs://) hands out."""
+        if issubclass(signer, AzureBlobSigner):
+            return None
+        return (
+            "Batch nodes reach storage only through Azure Blob SAS URLs;"
+            " use --storage az://CONTAINER/prefix"
+        )
 
     @property
     def client(self) -> BatchClient:
@@ -408,7 +423,7 @@ class AzureBatchBackend(Backend):
     @classmethod
     def clean(
         cls, settings: BaseModel, job_dir: Path, *, dry_run: bool, everything: bool
-    ) -> list[str]:
+    ) -> Iterator[CleanedItem]:
         from fanout_azure.batch_clean import clean
 
         assert isinstance(settings, AzureBatchSettings)

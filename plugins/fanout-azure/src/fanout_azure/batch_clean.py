@@ -10,8 +10,10 @@ kept pools.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from fanout.backend import CleanedItem
 from fanout.errors import BackendError
 from fanout_azure.batch_calls import carry_out
 from fanout_azure.batch_pools import KEEP_KEY, RUN_KEY
@@ -25,21 +27,22 @@ if TYPE_CHECKING:
 DELETE_TIMEOUT_S = 300
 
 
-def clean(settings: AzureBatchSettings, *, dry_run: bool, everything: bool) -> list[str]:
-    """Delete (unless ``dry_run``) fanout's leftovers; one line per item found."""
+def clean(
+    settings: AzureBatchSettings, *, dry_run: bool, everything: bool
+) -> Iterator[CleanedItem]:
+    """Delete (unless ``dry_run``) fanout's leftovers, yielding each as it is done."""
     from azure.core.exceptions import AzureError
 
     resolved = settings.with_environment(os.environ)
     client = batch_client(resolved, os.environ)
     preflight(client, resolved.model_copy(update={"pool_id": None}))
     try:
-        return _clean(client, dry_run=dry_run, everything=everything)
+        yield from _clean(client, dry_run=dry_run, everything=everything)
     except AzureError as exc:
         raise BackendError(f"Batch account {resolved.account_label()}: {exc}") from None
 
 
-def _clean(client: BatchClient, *, dry_run: bool, everything: bool) -> list[str]:
-    found: list[str] = []
+def _clean(client: BatchClient, *, dry_run: bool, everything: bool) -> Iterator[CleanedItem]:
     jobs = [job for job in client.list_jobs() if RUN_KEY in _marks(job)]
     pools_in_use: set[str] = set()
     runs_in_progress: set[str] = set()
@@ -52,9 +55,8 @@ def _clean(client: BatchClient, *, dry_run: bool, everything: bool) -> list[str]
                 pools_in_use.add(job.execution_info.pool_id)
             runs_in_progress.add(_marks(job)[RUN_KEY])  # its auto-pool may have no id yet
             continue
-        found.append(f"job {job.id} ({state}, run {_marks(job)[RUN_KEY]})")
-        if not dry_run:
-            found[-1] += _deleted(client.begin_delete_job, job.id, DELETE_TIMEOUT_S)
+        description = f"job {job.id} ({state}, run {_marks(job)[RUN_KEY]})"
+        yield _item(description, client.begin_delete_job, job.id, DELETE_TIMEOUT_S, dry_run)
     for pool in client.list_pools():
         marks = _marks(pool)
         state = wire_value(pool.state)
@@ -63,16 +65,19 @@ def _clean(client: BatchClient, *, dry_run: bool, everything: bool) -> list[str]
         if marks[RUN_KEY] in runs_in_progress or (KEEP_KEY in marks and not everything):
             continue
         kept = " kept with keep_pool" if KEEP_KEY in marks else ""
-        found.append(f"pool {pool.id}{kept} (run {marks[RUN_KEY]})")
-        if not dry_run:
-            found[-1] += _deleted(client.begin_delete_pool, pool.id, None)  # takes minutes
-    return found
+        description = f"pool {pool.id}{kept} (run {marks[RUN_KEY]})"
+        # Not waited for: a pool takes minutes to go, and it is on its way.
+        yield _item(description, client.begin_delete_pool, pool.id, None, dry_run)
 
 
-def _deleted(begin: Any, resource_id: str, timeout_s: float | None) -> str:
-    """Delete a resource; "" when done (or on its way), else why not, to follow its line."""
+def _item(
+    description: str, begin: Any, resource_id: str, timeout_s: float | None, dry_run: bool
+) -> CleanedItem:
+    """The item for a resource, deleted first unless ``dry_run``."""
+    if dry_run:
+        return CleanedItem(description)
     problem = carry_out(f"deleting {resource_id}", begin, resource_id, timeout_s)
-    return "" if problem is None else f": not deleted: {problem}"
+    return CleanedItem(description, problem)
 
 
 def _marks(resource: Any) -> dict[str, str]:

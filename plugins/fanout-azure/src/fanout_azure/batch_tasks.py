@@ -50,9 +50,6 @@ def split_container_url(url: str) -> tuple[str, str]:
 def resource_files(files: Sequence[ResourceFile]) -> list[Any] | None:
     from azure.batch import models as m
 
-    for resource in files:
-        if not resource.url.startswith(("http://", "https://")):
-            raise BackendError("azure-batch needs az:// storage: nodes download with SAS URLs")
     return [m.ResourceFile(http_url=f.url, file_path=f.path) for f in files] or None
 
 

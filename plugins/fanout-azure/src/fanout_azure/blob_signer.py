@@ -23,15 +23,19 @@ from urllib.parse import quote, urlsplit
 
 from fanout.errors import StorageError
 from fanout.signing import Signer
-from fanout.storage import Digest
+from fanout.storage import STAGING_CONCURRENCY, Digest
 from fanout_azure.credentials import BlobAccount, account_from_environment
 
 if TYPE_CHECKING:
+    import requests
     from azure.storage.blob import ContainerClient, UserDelegationKey
 
 CLOCK_SKEW = timedelta(minutes=5)
 UPLOAD_CONCURRENCY = 8
 """Blocks of one large file uploaded at once."""
+UPLOAD_CONNECTIONS = STAGING_CONCURRENCY * UPLOAD_CONCURRENCY
+"""The most requests the staging client has in flight at once: every staging thread uploading
+a large file in blocks."""
 CHECK_TIMEOUT_S = 10
 
 
@@ -135,10 +139,12 @@ class AzureBlobSigner(Signer):
         return bytes(md5).hex() if md5 else None
 
     def _container_client(self) -> ContainerClient:
-        """One client for the run, shared by the staging threads (the SDK allows it)."""
+        """One client for the run, shared by the staging threads (the SDK allows it), with a
+        connection pool as large as they need."""
         with self._lock:
             if self._client is None:
-                self._client = self.account.service().get_container_client(self.container)
+                service = self.account.service(session=_pooled_session(UPLOAD_CONNECTIONS))
+                self._client = service.get_container_client(self.container)
             return self._client
 
     def _blob_name(self, path: str) -> str:
@@ -169,6 +175,22 @@ class AzureBlobSigner(Signer):
                 f"refusing to hand out SAS URLs over plain http to {parts.hostname}: use https"
                 " (plain http is only for an emulator on this machine)"
             )
+
+
+def _pooled_session(connections: int) -> requests.Session:
+    """A session for the SDK's transport that keeps up to ``connections`` connections to a
+    host. requests keeps 10 by default, and urllib3 warns ("Connection pool is full,
+    discarding connection") each time a thread beyond those returns one."""
+    import requests
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    # No retries below the SDK's pipeline, which retries itself: as its own transport sets it.
+    no_retries = Retry(total=False, redirect=False, raise_on_status=False)
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=connections, max_retries=no_retries)
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, adapter)
+    return session
 
 
 def _is_loopback(host: str) -> bool:
