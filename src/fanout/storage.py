@@ -195,15 +195,16 @@ class Storage:
             return None
 
     def append(self, path: str, data: bytes) -> None:
-        """Add ``data`` at the end of the file ``path`` (created if missing), durably: on
-        disk (fsync) or in the storage service when this returns. On Azure Blob Storage the
-        file is an append blob, so each call costs its own bytes, not the file's."""
+        """Add ``data`` at the end of the file ``path`` (created if missing). Once this
+        returns it outlives this process, however it dies: handed to the kernel (no fsync:
+        one per finished task would cost more than the task, and a machine that loses power
+        loses the outputs' own unsynced bytes too) or stored by the storage service. On Azure
+        Blob Storage the file is an append blob, so each call costs its own bytes, not the
+        file's."""
         if self._is_local:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             with open(path, "ab") as out:
                 out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
             return
         with self.fs.open(path, "ab") as out:
             out.write(data)
