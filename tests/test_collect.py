@@ -43,7 +43,14 @@ def produce(storage: Storage) -> str:
 
 def test_every_file_comes_home_with_its_path(storage: Storage, tmp_path: Path) -> None:
     prefix = produce(storage)
-    records = collect_outputs(storage, prefix, ["out/*.txt", "**/*.csv"], tmp_path / "o", "t1")
+    records = collect_outputs(
+        storage,
+        prefix,
+        storage.files_under(prefix),
+        ["out/*.txt", "**/*.csv"],
+        tmp_path / "o",
+        "t1",
+    )
     assert {record.path: record.bytes for record in records} == {
         "t1/deep/x/y.csv": 3,
         "t1/out/a.txt": 5,
@@ -55,9 +62,11 @@ def test_every_file_comes_home_with_its_path(storage: Storage, tmp_path: Path) -
 def test_a_pattern_matches_in_its_own_directory_only(storage: Storage, tmp_path: Path) -> None:
     prefix = produce(storage)
     with pytest.raises(MissingOutput, match=r"no file matches '\*\.txt'"):
-        collect_outputs(storage, prefix, ["*.log", "*.txt"], tmp_path / "o", "t1")
+        collect_outputs(
+            storage, prefix, storage.files_under(prefix), ["*.log", "*.txt"], tmp_path / "o", "t1"
+        )
 
 
 def test_a_task_that_wrote_nothing_misses_its_outputs(storage: Storage, tmp_path: Path) -> None:
     with pytest.raises(MissingOutput, match=r"'\*\.out'"):
-        collect_outputs(storage, storage.path("outputs", "none"), ["*.out"], tmp_path, "none")
+        collect_outputs(storage, storage.path("outputs", "none"), {}, ["*.out"], tmp_path, "none")

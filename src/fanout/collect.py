@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from fsspec.utils import glob_translate
 
@@ -16,13 +17,18 @@ class MissingOutput(Exception):
 
 
 def collect_outputs(
-    storage: Storage, prefix: str, patterns: list[str], out_dir: Path, task_id: str
+    storage: Storage,
+    prefix: str,
+    files: dict[str, dict[str, Any]],
+    patterns: list[str],
+    out_dir: Path,
+    task_id: str,
 ) -> list[OutputRecord]:
-    """Download everything under ``prefix`` to ``out_dir/task_id``; each pattern must match.
+    """Download ``files`` (listed under ``prefix``, by relative path, with their details) to
+    ``out_dir/task_id``, one request each; each pattern must match one of them.
 
     Raises ``MissingOutput`` naming the first pattern that matched nothing.
     """
-    files = storage.files_under(prefix)  # one listing, then one download per file
     for pattern in patterns:
         matches = re.compile(glob_translate(pattern)).match
         if not any(matches(relative) for relative in files):

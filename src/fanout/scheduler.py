@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from fanout.backend import (
     Backend,
@@ -283,21 +284,26 @@ class _Run:
 
     def _monitor(self, outstanding: set[str]) -> None:
         collecting: dict[Future[None], str] = {}
-        finishers = {TaskState.SUCCEEDED: self._collect, TaskState.FAILED: self._record_failure}
         with ThreadPoolExecutor(COLLECT_CONCURRENCY, thread_name_prefix="collect") as collector:
             while outstanding:
                 timeout = 0.05 if collecting else POLL_TIMEOUT_S
                 updates = self.backend.poll(timeout)
                 self.reporter.backend_status(self.backend.status())
+                succeeded = []
                 for update in updates:
                     log.debug("task %s: %s", update.task_id, update.state.value)
                     record = self.ledger.tasks[update.task_id]
                     _apply(record, update)
-                    finish = finishers.get(update.state)
-                    if finish is not None:  # in the pool: downloads must not hold up polls
-                        collecting[collector.submit(finish, record)] = record.id
+                    if update.state is TaskState.SUCCEEDED:
+                        succeeded.append(record)
+                    elif update.state is TaskState.FAILED:  # in the pool, as downloads are
+                        collecting[collector.submit(self._record_failure, record)] = record.id
                     else:
                         self.reporter.task_changed(record)
+                listed = self._outputs_listed(succeeded)
+                for record in succeeded:  # downloads in the pool: they must not hold up polls
+                    future = collector.submit(self._collect, record, listed.get(record.id))
+                    collecting[future] = record.id
                 finished = []
                 for future in [f for f in collecting if f.done()]:
                     record = self.ledger.tasks[collecting.pop(future)]
@@ -308,6 +314,16 @@ class _Run:
                 self._flush_journal()  # durable before the run moves on
                 for record in finished:
                     self.reporter.task_changed(record)
+
+    def _outputs_listed(self, records: list[TaskRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+        """The files each of ``records`` left in storage, in a constant number of listings
+        (``Storage.files_of``). On trouble, none: each task's own listing then says what."""
+        if not records:
+            return {}
+        try:
+            return self.storage.files_of(self._outputs_path(), [r.id for r in records])
+        except Exception:  # whatever the storage's library raises; told task by task
+            return {}
 
     def _flush_journal(self) -> None:
         """Journal the tasks that finished. Storage trouble does not stop the run: the tasks
@@ -322,15 +338,15 @@ class _Run:
         else:
             self._journal_trouble = None
 
-    def _collect(self, record: TaskRecord) -> None:
-        """Bring a succeeded task's outputs home; a task without them has failed."""
+    def _collect(self, record: TaskRecord, files: dict[str, dict[str, Any]] | None = None) -> None:
+        """Bring a succeeded task's outputs home (``files``: what it left in storage, if they
+        were listed already); a task without them has failed."""
+        prefix = self._outputs_path(record.id)
         try:
+            if files is None:
+                files = self.storage.files_under(prefix)
             record.outputs = collect_outputs(
-                self.storage,
-                self._outputs_path(record.id),
-                self.section.outputs,
-                self.out,
-                record.id,
+                self.storage, prefix, files, self.section.outputs, self.out, record.id
             )
             record.state, record.error, record.uncollected = "succeeded", None, False
         except MissingOutput as exc:

@@ -9,9 +9,10 @@ A plugin registers a subclass for its protocols through ``fanout_register_signer
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import fsspec
 
@@ -70,6 +71,24 @@ class Signer:
         use its storage's own client where that is faster or records the md5.
         """
         fs.put_file(str(source), target)
+
+    def list_files(self, fs: Any, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every file under ``prefix`` by path, with its details (``size``, and what
+        ``stored_md5`` reads): one listing request per page. The default is fsspec's
+        ``find``; a signer may use its storage's own client where ``find`` asks more."""
+        try:
+            found: dict[str, dict[str, Any]] = fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            return {}
+        return found
+
+    def open_read(
+        self, fs: Any, path: str, info: dict[str, Any]
+    ) -> AbstractContextManager[BinaryIO]:
+        """A file object reading the file at ``path``, whose details (``info``, from a
+        listing) are known: a signer may skip asking for them again. The default is fsspec's
+        ``open``."""
+        return fs.open(path, "rb")  # type: ignore[no-any-return]
 
     def stored_md5(self, info: dict[str, Any]) -> str | None:
         """The md5 the storage recorded for a file (from ``fs.info``), if it keeps one."""
