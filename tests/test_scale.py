@@ -13,7 +13,7 @@ from counting_proxy import Seen, counting_proxy
 
 pytestmark = pytest.mark.azurite
 
-TASKS = 1000
+TASKS = 1500  # two chunks of submission
 
 
 def under(seen: Seen, part: str) -> bool:

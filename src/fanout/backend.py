@@ -153,7 +153,8 @@ class Backend(abc.ABC):
     """A place that runs tasks. One instance serves one run.
 
     The scheduler calls, in order: ``preflight``, ``reattach`` (when resuming), ``provision``,
-    ``submit`` (once or more), ``poll`` until every task has finished, then ``teardown``.
+    ``submit`` (once or more) and ``all_submitted``, ``poll`` until every task has finished,
+    then ``teardown``.
     ``cancel`` may come at any time after ``provision``. Methods raise
     ``fanout.errors.BackendError`` for a failure that stops the run; a failing *task* is
     reported through ``poll`` instead.
@@ -197,7 +198,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
-        """Queue ``tasks``; they run as slots free up."""
+        """Queue ``tasks``; they run as slots free up. Called once per chunk of the run's
+        tasks (a thousand at most), then ``all_submitted``."""
+
+    def all_submitted(self) -> None:  # noqa: B027 - a hook with nothing to do by default
+        """Every task of this attempt has been submitted: a backend whose jobs end by
+        themselves once their tasks have (Azure Batch's terminatejob) can now say so."""
 
     @abc.abstractmethod
     def poll(self, timeout: float) -> list[TaskUpdate]:

@@ -42,6 +42,8 @@ from fanout.taskids import MAX_ID_LENGTH
 log = logging.getLogger(__name__)
 
 COLLECT_CONCURRENCY = 8
+SUBMIT_CHUNK = 1000
+"""Tasks built and handed to the backend at once."""
 POLL_TIMEOUT_S = 0.5
 STDERR_TAIL_LINES = 20
 
@@ -253,34 +255,37 @@ class _Run:
         return PoolSpec(app_files=app_files, setup=tuple(self.section.setup), env=self.section.env)
 
     def _submit(self, pending: list[TaskRecord], staged: dict[Path, StagedFile]) -> None:
-        specs = []
+        """Hand the tasks to the backend in chunks, each built just before it goes: a run of
+        many tasks never holds every task's specification at once."""
         leftovers = set(self.storage.list_dirs(self._outputs_path()))
-        for record in pending:
-            source = staged[Path(record.input)]
-            destination = self._outputs_path(record.id)
-            if record.id in leftovers:  # from an attempt that was interrupted
-                self.storage.remove(destination)
-            specs.append(
-                TaskSpec(
-                    id=record.id,
-                    command=record.command,
-                    resource_files=(
-                        ResourceFile(self.storage.read_url(source.path), source.source.name),
-                    ),
-                    output_files=tuple(
-                        OutputFile(pattern, self.storage.write_url(destination))
-                        for pattern in self.section.outputs
-                    ),
-                    env=self.section.env,
-                    max_retries=self.section.retries,
-                    timeout_s=self.section.timeout,
-                    logs_destination=self.storage.write_url(self._logs_path(record.id)),
-                )
-            )
-        log.info("submitting %d tasks to backend %s", len(specs), self.backend.name)
+        log.info("submitting %d tasks to backend %s", len(pending), self.backend.name)
         self.started = True
-        self.backend.submit(specs)
-        self.reporter.tasks_submitted(len(specs), self.ledger.tasks.values())
+        for start in range(0, len(pending), SUBMIT_CHUNK):
+            chunk = pending[start : start + SUBMIT_CHUNK]
+            self.backend.submit([self._task_spec(r, staged, leftovers) for r in chunk])
+        self.backend.all_submitted()
+        self.reporter.tasks_submitted(len(pending), self.ledger.tasks.values())
+
+    def _task_spec(
+        self, record: TaskRecord, staged: dict[Path, StagedFile], leftovers: set[str]
+    ) -> TaskSpec:
+        source = staged[Path(record.input)]
+        destination = self._outputs_path(record.id)
+        if record.id in leftovers:  # from an attempt that was interrupted
+            self.storage.remove(destination)
+        return TaskSpec(
+            id=record.id,
+            command=record.command,
+            resource_files=(ResourceFile(self.storage.read_url(source.path), source.source.name),),
+            output_files=tuple(
+                OutputFile(pattern, self.storage.write_url(destination))
+                for pattern in self.section.outputs
+            ),
+            env=self.section.env,
+            max_retries=self.section.retries,
+            timeout_s=self.section.timeout,
+            logs_destination=self.storage.write_url(self._logs_path(record.id)),
+        )
 
     def _monitor(self, outstanding: set[str]) -> None:
         collecting: dict[Future[None], str] = {}

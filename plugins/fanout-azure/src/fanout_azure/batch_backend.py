@@ -95,6 +95,8 @@ class AzureBatchBackend(Backend):
         self._image: tuple[Any, str] | None = None
         self.job_id = context.job_id
         self._job_exists = False
+        self._job_ended = False
+        """The job ended while tasks were being added: add no more."""
         self._job_created = self._lease_renewed = 0.0
         self._kept_pool_created: str | None = None
         self._stale_jobs: list[str] = []
@@ -261,22 +263,29 @@ class AzureBatchBackend(Backend):
     @batch_errors("adding the tasks")
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
         """Add the tasks (creating the job first) slice by slice, renewing the job's lease
-        between slices, then let the job end when they have all completed. If the job ends
-        before they are all in (the lease ran out while this client was stalled, or someone
-        ended it), those not added are reported not run, and ``--resume`` runs them."""
+        between slices. If the job ends before they are all in (the lease ran out while this
+        client was stalled, or someone ended it), those not added are reported not run, and
+        ``--resume`` runs them."""
         if not tasks:
             return
         if not self._job_exists:
             self._create_job()
         self._monitors[-1].expect(task.id for task in tasks)
         for start in range(0, len(tasks), SUBMIT_SLICE):
+            if self._job_ended:
+                return
             try:
                 self._renew_lease()
                 self._add([*tasks[start : start + SUBMIT_SLICE]])
             except _JobEnded as ended:
                 log.warning("%s; the tasks not added are reported not run", ended)
-                return
-        self._end_with_tasks()
+                self._job_ended = True
+
+    @batch_errors("letting the job end with its tasks")
+    def all_submitted(self) -> None:
+        """Every task is in: the job ends when they have completed, or at the run's budget."""
+        if self._job_exists and not self._job_ended:
+            self._end_with_tasks()
 
     def _create_job(self) -> None:
         self._job_exists = True  # before: a create whose answer is lost is still deleted
@@ -333,7 +342,6 @@ class AzureBatchBackend(Backend):
                 batch_tasks = list(exc.pending_tasks)
 
     def _end_with_tasks(self) -> None:
-        """Every task is in: the job ends when they have completed, or at the run's budget."""
         from azure.batch import models as m
 
         update = m.BatchJobUpdateOptions(
