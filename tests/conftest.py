@@ -18,6 +18,9 @@ from batch_emulator import Running, running_emulator
 from fanout_azure.emulator.command import DEFAULT_ACCOUNT, DEFAULT_KEY
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The suite tests the plugins of this repository, whatever else is installed beside them.
+os.environ["FANOUT_PLUGINS"] = "fanout-azure"
 TOPWORDS = REPO / "node_task" / "topwords.py"
 
 

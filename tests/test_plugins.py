@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -42,7 +43,13 @@ from fanout.backend import (
 from fanout.cli import cli
 from fanout.errors import ExitCode, FanoutError, PluginError
 from fanout.hookspecs import hookimpl
-from fanout.plugins import ENTRY_POINT_GROUP, backends, get_backend, get_plugin_manager
+from fanout.plugins import (
+    ENTRY_POINT_GROUP,
+    PLUGINS_VARIABLE,
+    backends,
+    get_backend,
+    get_plugin_manager,
+)
 from fanout.prepare import RunOptions, prepare
 from fanout.progress import Reporter
 from fanout.scheduler import Outcome, run
@@ -400,7 +407,7 @@ def test_plugin_hook_that_fails_is_a_plugin_error() -> None:
 
 
 def test_no_backend_without_plugins() -> None:
-    """Nothing is built in past the entry points: without them there is no backend at all."""
+    """Backends come only from plugins: a manager without any has none."""
     manager = fresh_manager()
     assert backends(manager) == {}
     with pytest.raises(PluginError, match="available: none"):
@@ -506,3 +513,53 @@ def test_installed_plugins_implement_only_specified_hooks() -> None:
     for name, caller in vars(manager.hook).items():
         assert caller.spec is not None, f"{name} has no hook specification"
         assert caller.spec.namespace is hookspecs, f"{name} is specified outside fanout.hookspecs"
+
+
+@pytest.fixture
+def broken_distribution(tmp_path: Path) -> dict[str, str]:
+    """An installed distribution ``fanout-broken`` whose plugin module fails to import; the
+    environment that puts it on the path."""
+    site = tmp_path / "site"
+    info = site / "fanout_broken-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fanout-broken\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[fanout]\nbroken = fanout_broken_plugin\n")
+    (site / "fanout_broken_plugin.py").write_text("import a_module_that_is_not_there\n")
+    environ = {k: v for k, v in os.environ.items() if k != PLUGINS_VARIABLE}
+    return {**environ, "PYTHONPATH": str(site)}
+
+
+def fanout_in(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fanout", *args], env=environ, capture_output=True, text=True
+    )
+
+
+def test_a_plugin_that_fails_to_load_is_named_and_the_rest_work(
+    broken_distribution: dict[str, str],
+) -> None:
+    helped = fanout_in(broken_distribution, "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stderr.splitlines() == [
+        "fanout: warning: plugin fanout-broken 1.0 could not be loaded (No module named"
+        " 'a_module_that_is_not_there'); FANOUT_PLUGINS selects which plugins load"
+    ]
+    assert "batch-emulator" in helped.stdout  # the other plugins' commands are there
+    listed = fanout_in(broken_distribution, "backends")
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(r"^\s*local\s+fanout\s", listed.stdout, re.M)
+    assert re.search(r"^\s*azure-batch\s+fanout-azure\s", listed.stdout, re.M)
+    assert re.search(r"^\s*-\s+fanout-broken\s+1\.0\s+broken: No module named", listed.stdout, re.M)
+
+
+def test_fanout_plugins_selects_the_plugins_that_load(
+    broken_distribution: dict[str, str],
+) -> None:
+    none = fanout_in({**broken_distribution, PLUGINS_VARIABLE: ""}, "backends")
+    assert none.returncode == 0 and none.stderr == ""
+    assert re.search(r"^\s*local\s+fanout\s", none.stdout, re.M)
+    assert "azure-batch" not in none.stdout and "fanout-broken" not in none.stdout
+    azure = fanout_in({**broken_distribution, PLUGINS_VARIABLE: "Fanout_Azure"}, "backends")
+    assert azure.returncode == 0 and azure.stderr == ""
+    assert re.search(r"^\s*azure-batch\s+fanout-azure\s", azure.stdout, re.M)
+    assert "fanout-broken" not in azure.stdout

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fanout.errors import ExitCode, FanoutError
-from fanout.plugins import backends, get_backend, get_plugin_manager
+from fanout.plugins import PLUGINS_VARIABLE, backends, get_backend, get_plugin_manager
 from fanout.prepare import DEFAULT_BACKEND, RunOptions, backend_settings, prepare
 from fanout.progress import make_reporter, print_plan
 from fanout.redact import redact
@@ -106,11 +106,14 @@ def backends_command() -> None:
     """List the available backends and the distributions that provide them."""
     with _user_errors():
         table = Table("backend", "distribution", "version", "description", box=None)
-        for name, entry in backends(get_plugin_manager()).items():
+        manager = get_plugin_manager()
+        for name, entry in backends(manager).items():
             description = (entry.cls.__doc__ or "").strip().splitlines()
             table.add_row(
                 name, entry.distribution, entry.version, description[0] if description else ""
             )
+        for broken in manager.broken:
+            table.add_row("-", broken.distribution, broken.version, f"broken: {broken.error}")
         Console().print(table)
 
 
@@ -200,13 +203,23 @@ def one_line(message: str) -> str:
 
 
 def main() -> None:
-    """The console script: the commands plugins add, then the command line."""
-    try:
-        get_plugin_manager().hook.fanout_register_commands(cli=cli)
-    except FanoutError as exc:
-        click.echo(f"fanout: error: {one_line(str(exc))}", err=True)
-        sys.exit(ExitCode.USAGE_ERROR)
-    except Exception as exc:  # a broken plugin must not show as a traceback
-        click.echo(f"fanout: error: a plugin failed to add its commands: {exc}", err=True)
-        sys.exit(ExitCode.USAGE_ERROR)
+    """The console script: the commands plugins add, then the command line. A plugin that
+    cannot be loaded, or fails to add its commands, is named in a warning; the rest work."""
+    manager = get_plugin_manager()
+    for broken in manager.broken:
+        click.echo(
+            f"fanout: warning: plugin {broken.distribution} {broken.version} could not be"
+            f" loaded ({one_line(broken.error)}); {PLUGINS_VARIABLE} selects which plugins load",
+            err=True,
+        )
+    for impl in manager.hook.fanout_register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # a broken plugin must not show as a traceback
+            distribution, _ = manager.distributions.get(impl.plugin_name, (impl.plugin_name, ""))
+            click.echo(
+                f"fanout: warning: plugin {distribution} failed to add its commands:"
+                f" {one_line(str(exc))}",
+                err=True,
+            )
     cli()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import inspect
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +20,12 @@ from fanout.errors import PluginError
 from fanout.signing import Signer
 
 ENTRY_POINT_GROUP = "fanout"
+DEFAULT_PLUGINS = {"local": "fanout.backends.local"}
+"""The core's own plugins, by plugin name: always loaded, from a source tree too, where no
+entry point is installed. Their entry points are skipped."""
+PLUGINS_VARIABLE = "FANOUT_PLUGINS"
+"""Which installed plugins to load: distribution names, separated by commas (empty: none);
+unset, all of them."""
 _BACKEND_NAME = re.compile(r"[a-z][a-z0-9-]*")
 
 
@@ -29,17 +38,73 @@ class BackendEntry:
     version: str
 
 
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An installed plugin that could not be loaded; every command works without it."""
+
+    distribution: str
+    version: str
+    error: str
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, knowing the distribution of each plugin and the plugins that broke."""
+
+    def __init__(self) -> None:
+        super().__init__("fanout")
+        self.add_hookspecs(hookspecs)
+        self.distributions: dict[str, tuple[str, str]] = {}
+        """(distribution, version) by plugin name."""
+        self.broken: list[BrokenPlugin] = []
+
+    def add(self, plugin: object, name: str, distribution: str, version: str) -> None:
+        """Register ``plugin``; a plugin implementing a hook fanout does not specify is
+        refused (pluggy's ``check_pending``)."""
+        self.register(plugin, name=name)
+        try:
+            self.check_pending()
+        except pluggy.PluginValidationError:
+            self.unregister(name=name)
+            raise
+        self.distributions[name] = (distribution, version)
+
+
 @cache
-def get_plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plugin manager, with every installed plugin loaded."""
-    manager = pluggy.PluginManager("fanout")
-    manager.add_hookspecs(hookspecs)
-    try:
-        manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    except Exception as exc:  # a broken third-party plugin must not show as a traceback
-        raise PluginError(f"cannot load a fanout plugin: {exc}") from exc
-    manager.check_pending()
+def get_plugin_manager() -> PluginManager:
+    """The process-wide plugin manager: the core's plugins, then each installed plugin that
+    ``FANOUT_PLUGINS`` selects, each on its own: one that fails to load is set aside
+    (``PluginManager.broken``) and the others still work."""
+    manager = PluginManager()
+    for name, module in DEFAULT_PLUGINS.items():
+        manager.add(importlib.import_module(module), name, "fanout", _version("fanout"))
+    selected = os.environ.get(PLUGINS_VARIABLE)
+    wanted = None if selected is None else {_normal(n) for n in selected.split(",") if n.strip()}
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.value in DEFAULT_PLUGINS.values():
+            continue
+        dist = entry_point.dist
+        distribution = dist.name if dist is not None else entry_point.name
+        version = dist.version if dist is not None else "-"
+        if wanted is not None and _normal(distribution) not in wanted:
+            continue
+        try:
+            manager.add(entry_point.load(), entry_point.name, distribution, version)
+        except Exception as exc:  # a broken third-party plugin must not stop fanout
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            manager.broken.append(BrokenPlugin(distribution, version, reason))
     return manager
+
+
+def _normal(distribution: str) -> str:
+    """A distribution name as packaging compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", distribution.strip()).lower()
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:  # a source tree, not installed
+        return "-"
 
 
 def backends(manager: pluggy.PluginManager | None = None) -> dict[str, BackendEntry]:
@@ -141,9 +206,7 @@ def signer_for(url: str, manager: pluggy.PluginManager | None = None) -> type[Si
 
 
 def _distribution_of(manager: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
-    for candidate, dist in manager.list_plugin_distinfo():
-        if candidate is plugin:
-            metadata = dist.metadata
-            return str(metadata["name"]), str(dist.version)
     name = manager.get_name(plugin) or repr(plugin)
+    if isinstance(manager, PluginManager) and name in manager.distributions:
+        return manager.distributions[name]
     return f"{name} (not installed)", "-"
