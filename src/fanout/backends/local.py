@@ -211,8 +211,8 @@ class LocalBackend(Backend):
                 self._run_task(task)
 
     def _run_task(self, task: TaskSpec) -> None:
-        """Run the attempts of ``task`` and report it: a retry starts only while the run's
-        budget lasts, and a task whose first attempt could not start fails as not run."""
+        """Run the attempts of ``task`` and report it once. An attempt starts only while the
+        run's budget lasts: a task it left no time for fails as not run."""
         attempt, started = 0, None
         exit_code: int | None = None
         error: str | None = f"not run: {self._budget_ran_out}"
@@ -307,7 +307,7 @@ class LocalBackend(Backend):
         cwd: Path,
         env: dict[str, str],
         logs: Path,
-        limit: float | None,
+        limit: float,
         task: TaskSpec | None = None,
     ) -> tuple[int, bool]:
         """Run ``command`` in ``/bin/sh -c``, in a session of its own watched by the watchdog,
@@ -328,6 +328,8 @@ class LocalBackend(Backend):
         if task is not None:
             with self._lock:
                 self._running[task.id] = process
+            if self._stopping.is_set():  # cancel came as it started, and may not have seen it
+                limit = 0
         try:
             process.wait(timeout=limit)
             ran_out = False
