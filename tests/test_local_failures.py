@@ -23,7 +23,8 @@ def test_a_command_the_system_refuses_to_start_fails_its_task(job_dir: Path) -> 
 
     def small_stack() -> None:
         hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
-        resource.setrlimit(resource.RLIMIT_STACK, (1 << 20, hard))
+        soft = 1 << 20 if hard == resource.RLIM_INFINITY else min(1 << 20, hard)
+        resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
 
     result = subprocess.run(
         [sys.executable, "-m", "fanout", "run", "job.toml", "--out", "out"],

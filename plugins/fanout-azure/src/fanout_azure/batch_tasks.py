@@ -34,11 +34,14 @@ TASK_APP_DIR = "$AZ_BATCH_TASK_WORKING_DIR"
 LOG_FILES = ("../stdout.txt", "../stderr.txt")
 """The task's logs, relative to its working directory as output file patterns see it."""
 MAX_COMMAND_LINE = 8191
-"""The longest ``commandLine`` fanout sends. The Batch REST description (2025-06-01,
-``BatchTaskCreateOptions.commandLine``) documents no limit; 8191 characters is the command-line
-limit Microsoft documents for Windows' cmd.exe ("Command prompt (Cmd.exe) command-line string
-limitation"), the strictest a Batch node may apply, so a job that passes here is not refused
-or cut on any pool. Counted in UTF-8 bytes, never fewer than the characters."""
+"""The longest ``commandLine`` fanout sends, in UTF-8 bytes (never fewer than its characters).
+The Batch REST description (2025-06-01, ``BatchTaskCreateOptions.commandLine``) documents no
+limit. On a Linux node the command is one argument of ``/bin/sh -c``, which Linux caps at
+128 KiB; what the service and its node agent accept is not documented. 8191 characters is the
+command-line limit Microsoft documents for cmd.exe ("Command prompt (Cmd.exe) command-line
+string limitation"), the shell the description itself names for Windows nodes ("cmd /c
+MyCommand"): the strictest documented, well within Linux's, so that a command line that passes
+here meets no undocumented limit on the way."""
 
 
 def split_container_url(url: str) -> tuple[str, str]:
