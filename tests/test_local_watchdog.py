@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import load_record, process_alive, run_fanout, wait_until, write_inputs, write_job
@@ -27,6 +29,13 @@ def watchdogs_in(directory: Path) -> list[int]:
         if b"fanout.backends.watchdog" in cmdline and Path(cwd) == directory:
             found.append(int(entry))
     return found
+
+
+def ignored_signals(pid: int) -> set[signal.Signals]:
+    """The signals process ``pid`` ignores, from the ``SigIgn`` mask in its status."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    mask = int(next(line for line in status if line.startswith("SigIgn:")).split()[1], 16)
+    return {signum for signum in signal.Signals if mask & (1 << (signum - 1))}
 
 
 def test_kill_9_ends_the_tasks_and_resume_runs_each_once(job_dir: Path) -> None:
@@ -84,3 +93,40 @@ def test_kill_9_ends_the_tasks_and_resume_runs_each_once(job_dir: Path) -> None:
     for task in TASKS:
         assert (job_dir / "out" / task / f"{task}.out").read_text() == f"input {task}"
     assert not watchdogs_in(job_dir)  # a run that ends stops its watchdog
+
+
+def test_a_watchdog_ended_by_someone_is_reported_and_the_run_goes_on(job_dir: Path) -> None:
+    write_inputs(job_dir, {"a.txt": "a"})
+    release = job_dir / "release"
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "unguarded",
+                "inputs": ["*.txt"],
+                "command": f"while [ ! -e {release} ]; do sleep 0.1; done; cp {{input}} a.out",
+                "outputs": ["*.out"],
+            }
+        },
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fanout", "run", "job.toml", "--out", "out"],
+        cwd=job_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: bool(watchdogs_in(job_dir)))
+    (watchdog,) = watchdogs_in(job_dir)
+    deaf = {signal.SIGINT, signal.SIGTERM}
+    wait_until(lambda: deaf <= ignored_signals(watchdog))  # once it has started
+    for signum in deaf:
+        os.kill(watchdog, signum)
+    time.sleep(0.5)
+    assert watchdogs_in(job_dir) == [watchdog]
+    os.kill(watchdog, signal.SIGKILL)
+    release.touch()
+    stdout, stderr = run.communicate(timeout=60)
+    assert run.returncode == 0, stderr + stdout
+    assert "the watchdog had stopped early (exit status -9)" in stderr
+    assert (job_dir / "out" / "a" / "a.out").read_text() == "a"

@@ -16,6 +16,7 @@ id cannot pass to another process group in that instant unless pids wrap around 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ import time
 
 from fanout.backends.process_groups import end_groups
 from fanout.errors import BackendError
+
+log = logging.getLogger(__name__)
 
 MODULE = "fanout.backends.watchdog"
 PIPE_CHUNK = 1 << 16
@@ -39,7 +42,9 @@ class Watchdog:
     def __init__(self) -> None:
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", MODULE],
+                # -P: not the current directory first in sys.path, where a fanout.py of the
+                # user's would shadow fanout.
+                [sys.executable, "-P", "-m", MODULE],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
@@ -60,6 +65,8 @@ class Watchdog:
     def close(self) -> None:
         """Stop the watchdog, once every group it was told of has ended (it has nothing left
         to do; stopping it spares waiting for its next read)."""
+        if self._process.poll() is not None:  # its error, if any, went to stderr
+            log.warning("the watchdog had stopped early (exit status %s)", self._process.returncode)
         self._process.kill()
         self._process.wait()
         assert self._process.stdin is not None
