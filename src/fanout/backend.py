@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import signal
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,11 @@ class Backend(abc.ABC):
     """The ``[backends.NAME]`` table; each field is also ``FANOUT_<NAME>_<FIELD>`` in the
     environment."""
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    max_command_length: ClassVar[int | None] = None
+    """The longest command line the backend can run, in bytes (UTF-8) as ``command_length``
+    counts them, or ``None`` for no limit. A job with a longer one is refused before anything
+    starts, in a dry run too: a command line the system cannot start would otherwise fail
+    every task, late and one by one."""
 
     def __init__(self, settings: BaseModel, context: RunContext) -> None:
         self.settings = settings
@@ -178,6 +184,13 @@ class Backend(abc.ABC):
         what to use instead; None when they can. Asked before anything is checked, staged or
         created (``--dry-run`` too). By default every storage will do."""
         return None
+
+    @classmethod
+    def command_length(cls, task_id: str, command: str) -> int:
+        """How much of ``max_command_length`` the command of task ``task_id`` takes: by default
+        its length in UTF-8; a backend that wraps the command (in a shell's quotes, after
+        lines of its own) counts what it sends."""
+        return len(command.encode())
 
     def preflight(self) -> None:  # noqa: B027 - a hook with nothing to check by default
         """Check that the backend can run (reachable, credentials accepted); create nothing."""
@@ -241,6 +254,19 @@ class Backend(abc.ABC):
         """After ``teardown``: what this run created and did not remove (kept on purpose, or
         failed to delete), one line each, for the run record."""
         return []
+
+
+def exit_status(code: int) -> str:
+    """How a command ended, for an error message: ``exit code 3``, or ``killed by SIGKILL``
+    for a negative code, which is how Python and Azure Batch report a process ended by a
+    signal. A shell reports a child killed by signal N as exit code 128 + N, which a program
+    may also exit with on its own: that stays an exit code."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
 
 
 def setup_script(commands: Sequence[str]) -> str:

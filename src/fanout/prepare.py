@@ -68,6 +68,8 @@ def prepare(job: Job, options: RunOptions, manager: pluggy.PluginManager | None 
     check_capabilities(backend_cls, job.spec.job)
     unknown = sorted(set(job.spec.backends) - set(available))
     url = storage_url(job, options)
+    plan = make_plan(job)
+    check_command_lengths(backend_cls, job, plan)
     signer_cls = signer_for(url, manager)
     check_storage(backend_cls, url, signer_cls)
     return Prepared(
@@ -75,7 +77,7 @@ def prepare(job: Job, options: RunOptions, manager: pluggy.PluginManager | None 
             f"{job.path}: [backends.{name}] names no installed backend" for name in unknown
         ),
         job=job,
-        plan=make_plan(job),
+        plan=plan,
         backend_cls=backend_cls,
         settings=settings,
         storage_url=url,
@@ -147,6 +149,22 @@ def check_storage(backend_cls: type[Backend], url: str, signer_cls: type[Signer]
     problem = backend_cls.unusable_storage(url, signer_cls)
     if problem is not None:
         raise BackendError(f"backend '{backend_cls.name}' cannot use storage {url}: {problem}")
+
+
+def check_command_lengths(backend_cls: type[Backend], job: Job, plan: Plan) -> None:
+    """Refuse, before anything starts, a task whose command line is longer than the backend
+    can run (``Backend.max_command_length``); the first such task names the problem."""
+    limit = backend_cls.max_command_length
+    if limit is None:
+        return
+    for task in plan.tasks:
+        length = backend_cls.command_length(task.id, task.command)
+        if length > limit:
+            raise JobFileError(
+                f"{job.path}: [job] command: the command line of task {task.id} takes"
+                f" {length:,} bytes, more than the {limit:,} backend '{backend_cls.name}'"
+                " can run"
+            )
 
 
 def storage_url(job: Job, options: RunOptions) -> str:

@@ -11,17 +11,16 @@ One node, ``slots`` tasks at a time. The node directory mirrors an Azure Batch n
 
 Resource files are fetched and outputs delivered through ``fanout.transfer``, the same code
 path a remote node uses, so a job that works here moves its data the same way in the cloud.
-Each task runs in a session (process group) of its own: a timeout or a cancel kills the
-whole group, and nothing a task started outlives it.
+Each task runs in a session (process group) of its own: a timeout, a cancel or the end of the
+run's budget kills the whole group, and nothing a task started outlives it — nor the fanout
+process, which a watchdog (``fanout.backends.watchdog``) outlives to end what it left running.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -41,8 +40,11 @@ from fanout.backend import (
     TaskSpec,
     TaskState,
     TaskUpdate,
+    exit_status,
     setup_script,
 )
+from fanout.backends.process_groups import end_groups
+from fanout.backends.watchdog import Watchdog
 from fanout.errors import SetupError
 from fanout.hookspecs import hookimpl
 from fanout.redact import CREDENTIAL_VARIABLES
@@ -50,8 +52,8 @@ from fanout.transfer import TransferError, deliver, fetch, join_url, matching_fi
 
 NODE_ID = "local-0"
 POOL_ID = "local"
-KILL_GRACE_S = 2.0
-"""How long a task has between SIGTERM and SIGKILL."""
+MAX_ARG_STRLEN = 32 * 4096
+"""Linux's limit on one string of a program's arguments or environment, its NUL included."""
 
 
 class LocalSettings(BaseModel):
@@ -78,6 +80,11 @@ class LocalBackend(Backend):
     name = "local"
     settings_model = LocalSettings
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    max_command_length: ClassVar[int | None] = MAX_ARG_STRLEN - 1
+    """The command is one argument of ``/bin/sh -c``. The environment and the arguments
+    together must also fit the system's ``ARG_MAX`` (a quarter of the stack's limit, 2 MiB by
+    default, never less than 128 KiB): that depends on the environment of the moment, so a task
+    that goes beyond it fails when it starts, with "Argument list too long"."""
 
     def __init__(self, settings: BaseModel, context: RunContext) -> None:
         super().__init__(settings, context)
@@ -87,6 +94,8 @@ class LocalBackend(Backend):
         root = settings.root or Path(".fanout") / "local"
         self.run_dir = (context.job_dir / root).resolve() / context.run_id
         self.node_dir = self.run_dir / NODE_ID
+        self._deadline = time.monotonic() + context.budget_s
+        self._budget_ran_out = f"the run's budget of {_seconds(context.budget_s)} ran out"
         self._pending: queue.Queue[TaskSpec | None] = queue.Queue()
         self._updates: queue.Queue[TaskUpdate] = queue.Queue()
         self._running: dict[str, subprocess.Popen[bytes]] = {}
@@ -95,6 +104,7 @@ class LocalBackend(Backend):
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
         self._janitor = ThreadPoolExecutor(1, thread_name_prefix="janitor")
+        self._watchdog: Watchdog | None = None
         self._pool_env: dict[str, str] = {}
         self._machine_env = {
             name: value for name, value in os.environ.items() if name not in CREDENTIAL_VARIABLES
@@ -110,6 +120,7 @@ class LocalBackend(Backend):
         return self.node_dir / "workitems" / self.context.job_id / "job-1"
 
     def provision(self, pool: PoolSpec) -> None:
+        self._watchdog = Watchdog()
         startup = self.node_dir / "startup"
         for directory in (self.shared_dir, startup / "wd", self._job_dir):
             directory.mkdir(parents=True, exist_ok=True)
@@ -155,14 +166,15 @@ class LocalBackend(Backend):
             except queue.Empty:
                 break
         with self._lock:
-            running = list(self._running.values())
-        for process in running:
-            _kill_group(process)
+            running = [process.pid for process in self._running.values()]
+        end_groups(running)
         self._stop_workers()
 
     def teardown(self, keep: bool = False) -> None:
         self._stop_workers()
         self._janitor.shutdown(wait=True)
+        if self._watchdog is not None:
+            self._watchdog.close()
         if not (keep or self._keep):
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -173,26 +185,25 @@ class LocalBackend(Backend):
             worker.join()
         self._workers.clear()
 
+    def _time_left(self) -> float:
+        """Seconds until the run's budget runs out."""
+        return self._deadline - time.monotonic()
+
     def _run_setup(self, pool: PoolSpec, startup: Path) -> None:
         env = self._environment({"AZ_BATCH_TASK_WORKING_DIR": str(startup / "wd")})
-        with (startup / "stdout.txt").open("wb") as out, (startup / "stderr.txt").open("wb") as err:
-            process = subprocess.Popen(
-                ["/bin/sh", "-c", setup_script(pool.setup)],
-                cwd=self.shared_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
+        script = setup_script(pool.setup)
+        try:
+            code, ran_out = self._run_process(
+                script, self.shared_dir, env, startup, self._time_left()
             )
-            try:
-                code = process.wait()
-            finally:
-                _kill_group(process)
+        except OSError as exc:
+            raise SetupError(f"setup failed on node {NODE_ID}: cannot start it: {exc}") from None
+        if ran_out:
+            raise SetupError(f"setup failed on node {NODE_ID}: {self._budget_ran_out}")
         if code != 0:
             stderr = _tail(startup / "stderr.txt", 20)
             detail = f":\n{stderr}" if stderr else ""
-            raise SetupError(f"setup failed on node {NODE_ID} with exit code {code}{detail}")
+            raise SetupError(f"setup failed on node {NODE_ID} ({exit_status(code)}){detail}")
 
     def _work(self) -> None:
         while (task := self._pending.get()) is not None:
@@ -200,8 +211,12 @@ class LocalBackend(Backend):
                 self._run_task(task)
 
     def _run_task(self, task: TaskSpec) -> None:
-        attempt = 0
-        while True:
+        """Run the attempts of ``task`` and report it once. An attempt starts only while the
+        run's budget lasts: a task it left no time for fails as not run."""
+        attempt, started = 0, None
+        exit_code: int | None = None
+        error: str | None = f"not run: {self._budget_ran_out}"
+        while attempt <= task.max_retries and self._time_left() > 0:
             attempt += 1
             started = time.time()
             self._updates.put(
@@ -210,7 +225,7 @@ class LocalBackend(Backend):
             exit_code, error = self._run_attempt(task, attempt)
             if self._stopping.is_set():
                 return  # cancelled: the scheduler records the task as not finished
-            if error is None or attempt > task.max_retries:
+            if error is None:
                 break
         state = TaskState.SUCCEEDED if error is None else TaskState.FAILED
         self._updates.put(
@@ -219,7 +234,7 @@ class LocalBackend(Backend):
                 state,
                 attempts=attempt,
                 exit_code=exit_code,
-                node=NODE_ID,
+                node=NODE_ID if attempt else None,
                 error=error,
                 started=started,
                 finished=time.time(),
@@ -231,19 +246,30 @@ class LocalBackend(Backend):
             self._janitor.submit(shutil.rmtree, self._job_dir / task.id, ignore_errors=True)
 
     def _run_attempt(self, task: TaskSpec, attempt: int) -> tuple[int | None, str | None]:
-        """Run one attempt in a fresh working directory: (exit code, error or None)."""
+        """Run one attempt in a fresh working directory: (exit code, error or None).
+
+        Whatever goes wrong is this attempt's failure, reported like any other: a download
+        that fails, a full disk, a command line the system refuses to start. A slot never
+        dies, leaving its task unreported.
+        """
         task_dir = self._job_dir / task.id
         attempt_dir = task_dir / f"attempt-{attempt}"
         work_dir = attempt_dir / "wd"
-        task_dir.mkdir(exist_ok=True)
-        attempt_dir.mkdir()
-        work_dir.mkdir()
         self._last_attempt[task.id] = attempt_dir
         try:
+            task_dir.mkdir(exist_ok=True)
+            attempt_dir.mkdir()
+            work_dir.mkdir()
             _fetch_all(task.resource_files, work_dir)
         except TransferError as exc:
             return None, str(exc)
+        except Exception as exc:  # anything: see above
+            return None, f"cannot prepare its working directory: {exc}"
 
+        left = self._time_left()
+        if left <= 0:
+            return None, self._budget_ran_out
+        limit = left if task.timeout_s is None else min(task.timeout_s, left)
         env = self._environment(
             {
                 **task.env,
@@ -254,37 +280,68 @@ class LocalBackend(Backend):
                 "AZ_BATCH_TASK_WORKING_DIR": str(work_dir),
             }
         )
-        out_path, err_path = attempt_dir / "stdout.txt", attempt_dir / "stderr.txt"
-        with out_path.open("wb") as out, err_path.open("wb") as err:
-            process = subprocess.Popen(
-                ["/bin/sh", "-c", task.command],
-                cwd=work_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
-            with self._lock:
-                self._running[task.id] = process
-            try:
-                code = process.wait(timeout=task.timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(process)
-                return process.wait(), f"timed out after {_seconds(task.timeout_s)}"
-            finally:
-                _kill_group(process)
-                with self._lock:
-                    self._running.pop(task.id, None)
+        try:
+            code, ran_out = self._run_process(task.command, work_dir, env, attempt_dir, limit, task)
+        except Exception as exc:
+            return None, f"cannot start its command: {exc}"
+        if ran_out:
+            if task.timeout_s is not None and task.timeout_s <= left:
+                return code, f"timed out after {_seconds(task.timeout_s)}"
+            return code, self._budget_ran_out
         if code != 0:
-            return code, f"exit code {code}"
+            return code, exit_status(code)
+
         try:
             for output in task.output_files:
                 for relative in matching_files(work_dir, output.pattern):
                     deliver(work_dir / relative, join_url(output.destination, relative))
         except TransferError as exc:
             return code, str(exc)
+        except Exception as exc:
+            return code, f"cannot deliver its outputs: {exc}"
         return code, None
+
+    def _run_process(
+        self,
+        command: str,
+        cwd: Path,
+        env: dict[str, str],
+        logs: Path,
+        limit: float,
+        task: TaskSpec | None = None,
+    ) -> tuple[int, bool]:
+        """Run ``command`` in ``/bin/sh -c``, in a session of its own watched by the watchdog,
+        with ``stdout.txt`` and ``stderr.txt`` in ``logs``; its whole group ends with it, or
+        after ``limit`` seconds. (exit status, whether ``limit`` ran out)."""
+        with (logs / "stdout.txt").open("wb") as out, (logs / "stderr.txt").open("wb") as err:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", command],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
+        assert self._watchdog is not None
+        self._watchdog.watch(process.pid)
+        if task is not None:
+            with self._lock:
+                self._running[task.id] = process
+            if self._stopping.is_set():  # cancel came as it started, and may not have seen it
+                limit = 0
+        try:
+            process.wait(timeout=limit)
+            ran_out = False
+        except subprocess.TimeoutExpired:
+            ran_out = True
+        finally:
+            end_groups([process.pid])
+            self._watchdog.forget(process.pid)
+            if task is not None:
+                with self._lock:
+                    self._running.pop(task.id, None)
+        return process.wait(), ran_out
 
     def _environment(self, extra: dict[str, str]) -> dict[str, str]:
         """This machine's environment, less its credentials, plus the node environment every
@@ -309,24 +366,6 @@ class LocalBackend(Backend):
 def _fetch_all(resources: Sequence[ResourceFile], directory: Path) -> None:
     for resource in resources:
         fetch(resource.url, directory / resource.path)
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """Stop every process in ``process``'s group: SIGTERM, then SIGKILL after a grace period."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + KILL_GRACE_S
-    while time.monotonic() < deadline:
-        process.poll()  # reap the leader, or the group never looks empty
-        try:
-            os.killpg(process.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.02)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _tail(path: Path, lines: int) -> str:

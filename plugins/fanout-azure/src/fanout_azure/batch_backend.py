@@ -57,7 +57,13 @@ from fanout_azure.batch_pools import (
     reuse_pool,
 )
 from fanout_azure.batch_settings import AzureBatchSettings, batch_client
-from fanout_azure.batch_tasks import batch_task, task_update, wire_value
+from fanout_azure.batch_tasks import (
+    MAX_COMMAND_LINE,
+    batch_task,
+    command_line_length,
+    task_update,
+    wire_value,
+)
 from fanout_azure.blob_signer import AzureBlobSigner
 
 if TYPE_CHECKING:
@@ -86,6 +92,11 @@ class AzureBatchBackend(Backend):
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.SETUP, Capability.RETRIES, Capability.TIMEOUT}
     )
+    max_command_length: ClassVar[int | None] = MAX_COMMAND_LINE
+
+    @classmethod
+    def command_length(cls, task_id: str, command: str) -> int:
+        return command_line_length(task_id, command)
 
     def __init__(self, settings: BaseModel, context: RunContext) -> None:
         super().__init__(settings, context)

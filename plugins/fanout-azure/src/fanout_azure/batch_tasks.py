@@ -16,8 +16,16 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from fanout.backend import OutputFile, ResourceFile, TaskSpec, TaskState, TaskUpdate
+from fanout.backend import (
+    OutputFile,
+    ResourceFile,
+    TaskSpec,
+    TaskState,
+    TaskUpdate,
+    exit_status,
+)
 from fanout.errors import BackendError
+from fanout.taskids import MAX_ID_LENGTH
 
 PATH_STYLE_HOSTS = ("127.0.0.1", "localhost", "::1")
 """Hosts whose blob URLs carry the account in the path (Azurite's), not in the host name."""
@@ -25,6 +33,15 @@ SHARED_APP_DIR = "$AZ_BATCH_NODE_SHARED_DIR"
 TASK_APP_DIR = "$AZ_BATCH_TASK_WORKING_DIR"
 LOG_FILES = ("../stdout.txt", "../stderr.txt")
 """The task's logs, relative to its working directory as output file patterns see it."""
+MAX_COMMAND_LINE = 8191
+"""The longest ``commandLine`` fanout sends, in UTF-8 bytes (never fewer than its characters).
+The Batch REST description (2025-06-01, ``BatchTaskCreateOptions.commandLine``) documents no
+limit. On a Linux node the command is one argument of ``/bin/sh -c``, which Linux caps at
+128 KiB; what the service and its node agent accept is not documented. 8191 characters is the
+command-line limit Microsoft documents for cmd.exe ("Command prompt (Cmd.exe) command-line
+string limitation"), the shell the description itself names for Windows nodes ("cmd /c
+MyCommand"): the strictest documented, well within Linux's, so that a command line that passes
+here meets no undocumented limit on the way."""
 
 
 def split_container_url(url: str) -> tuple[str, str]:
@@ -69,13 +86,7 @@ def batch_task(
     directory, when the pool did not put them in the node's shared directory."""
     from azure.batch import models as m
 
-    exports = (
-        f"export FANOUT_TASK_ID={shlex.quote(task.id)}",
-        f"export FANOUT_JOB_ID={shlex.quote(job_id)}",
-        'export FANOUT_NODE_ID="$AZ_BATCH_NODE_ID"',
-        f'export FANOUT_APP_DIR="{TASK_APP_DIR if app_files else SHARED_APP_DIR}"',
-    )
-    script = "\n".join((*exports, task.command))
+    app_dir = TASK_APP_DIR if app_files else SHARED_APP_DIR
     outputs = [_output_file(output, "tasksuccess") for output in task.output_files]
     if task.logs_destination is not None:
         outputs += [
@@ -87,12 +98,33 @@ def batch_task(
         constraints.max_wall_clock_time = timedelta(seconds=task.timeout_s)
     return m.BatchTaskCreateOptions(
         id=task.id,
-        command_line=f"/bin/sh -c {shlex.quote(script)}",
+        command_line=command_line(task.id, job_id, task.command, app_dir),
         resource_files=resource_files([*app_files, *task.resource_files]),
         output_files=outputs or None,
         environment_settings=environment({**pool_env, **task.env}),
         constraints=constraints,
     )
+
+
+def command_line(task_id: str, job_id: str, command: str, app_dir: str) -> str:
+    """The ``commandLine`` of a task: ``command`` in ``/bin/sh -c``, after the ``export``
+    lines that give it the ``FANOUT_*`` variables."""
+    exports = (
+        f"export FANOUT_TASK_ID={shlex.quote(task_id)}",
+        f"export FANOUT_JOB_ID={shlex.quote(job_id)}",
+        'export FANOUT_NODE_ID="$AZ_BATCH_NODE_ID"',
+        f'export FANOUT_APP_DIR="{app_dir}"',
+    )
+    script = "\n".join((*exports, command))
+    return f"/bin/sh -c {shlex.quote(script)}"
+
+
+def command_line_length(task_id: str, command: str) -> int:
+    """The most ``command`` may take of ``MAX_COMMAND_LINE`` once wrapped: with the longest
+    job id there is (the job's is not known before the run starts) and the longer app
+    directory. The quotes count: each ``'`` in the command takes five characters."""
+    longest = command_line(task_id, "j" * MAX_ID_LENGTH, command, TASK_APP_DIR)
+    return len(longest.encode())
 
 
 def _output_file(output: OutputFile, condition: str) -> Any:
@@ -150,12 +182,18 @@ def task_update(task: Any) -> TaskUpdate:
 
 
 def _failure(info: Any) -> str:
-    failure = info.failure_info
+    """What went wrong, from the service's failure information and exit code. A Linux node
+    reports a command ended by a signal with a negative exit code (-9 for SIGKILL), which
+    then leads the message."""
+    failure, exit_code = info.failure_info, info.exit_code
     if failure is None:
-        return f"exit code {info.exit_code}"
+        return "no exit code" if exit_code is None else exit_status(exit_code)
     category, code = wire_value(failure.category), failure.code
     message = (failure.message or "").strip()
-    return f"{category} error {code}: {message}" if message else f"{category} error {code}"
+    reason = f"{category} error {code}: {message}" if message else f"{category} error {code}"
+    if exit_code is not None and exit_code < 0:
+        return f"{exit_status(exit_code)}; {reason}"
+    return reason
 
 
 def wire_value(value: Any) -> str:

@@ -28,9 +28,11 @@ and Microsoft's documentation of the node:
 
 Where the documentation is silent, the choices are: every attempt starts with an empty working
 directory (resource files are fetched again); ``stdout.txt``, ``stderr.txt`` and the file upload
-logs are those of the latest attempt; a process ended by a signal reports ``128 + signal`` as its
-exit code, as a Linux shell does; every process runs as the emulator's own user, whatever
-``userIdentity`` says (``AZ_BATCH_TASK_USER*`` still tell the task what it would run as).
+logs are those of the latest attempt; a process ended by a signal reports minus the signal's
+number as its exit code, as live Linux nodes do (github.com/Azure/Batch issue 101: ``-9`` for a
+task's program ended by SIGKILL; a shell's child ended so makes the shell exit ``128 + N``, as
+anywhere); every process runs as the emulator's own user, whatever ``userIdentity`` says
+(``AZ_BATCH_TASK_USER*`` still tell the task what it would run as).
 
 No SAS query string ever reaches a message or a log: URLs are shown without their query.
 """
@@ -474,7 +476,7 @@ def _execute(
         ending = _wait(process, deadline, cancel)
     finally:
         _kill_group(process)
-    return _exit_code(process.wait()), ending
+    return process.wait(), ending
 
 
 def _launch(
@@ -530,11 +532,6 @@ def _exited(process: subprocess.Popen[bytes]) -> bool:
         return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
     except ChildProcessError:
         return True
-
-
-def _exit_code(status: int) -> int:
-    """Popen's status as a Linux node reports it: a signal N as ``128 + N``, as shells do."""
-    return 128 - status if status < 0 else status
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
