@@ -311,7 +311,7 @@ def test_render_command_quotes_each_value_as_one_shell_word() -> None:
     command = render_command(
         "wc -l {input} {input_name} {input_stem}.out {task_id}",
         "its-a-file",
-        Path("/data/it's a file.txt"),
+        (Path("/data/it's a file.txt"),),
     )
     assert shlex.split(command) == [
         "wc",
@@ -333,7 +333,7 @@ def test_render_command_quotes_each_value_as_one_shell_word() -> None:
     ],
 )
 def test_rendered_command_passes_the_name_through_a_shell(tmp_path: Path, name: str) -> None:
-    command = render_command("printf '%s' {input}", "task", Path("/data") / name)
+    command = render_command("printf '%s' {input}", "task", (Path("/data") / name,))
     result = subprocess.run(
         ["/bin/sh", "-c", command], cwd=tmp_path, capture_output=True, text=True, check=True
     )
@@ -342,7 +342,13 @@ def test_rendered_command_passes_the_name_through_a_shell(tmp_path: Path, name: 
 
 
 def test_render_command_keeps_literal_braces() -> None:
-    assert render_command("echo {{}} {input}", "t", Path("/d/a.txt")) == "echo {} a.txt"
+    assert render_command("echo {{}} {input}", "t", (Path("/d/a.txt"),)) == "echo {} a.txt"
+
+
+def test_inputs_renders_every_input_as_its_own_shell_word() -> None:
+    inputs = (Path("/d/a b.txt"), Path("/d/it's.txt"))
+    command = render_command("cat {inputs} > {task_id}.all", "a_to_it-s", inputs)
+    assert shlex.split(command) == ["cat", "a b.txt", "it's.txt", ">", "a_to_it-s.all"]
 
 
 def test_cli_overrides_show_in_dry_run(job_files: Path) -> None:

@@ -61,7 +61,10 @@ class TaskRecord:
 
     id: str
     input: str
+    """The task's input; its first, if it has several."""
     command: str
+    inputs: list[str] | None = None
+    """Every input of a task that has several (``[job] inputs_per_task``)."""
     state: str = "pending"
     exit_code: int | None = None
     attempts: int = 0
@@ -88,6 +91,10 @@ class TaskRecord:
         self.state, self.exit_code, self.attempts = "pending", None, 0
         self.duration_s, self.node, self.outputs = None, None, []
         self.error, self.stderr_tail, self.uncollected = None, None, False
+
+    @property
+    def all_inputs(self) -> list[str]:
+        return self.inputs or [self.input]
 
     @property
     def finished(self) -> bool:

@@ -25,16 +25,17 @@ GLOB_FLAGS = glob.GLOBSTAR | glob.GLOBTILDE
 
 @dataclass(frozen=True)
 class PlannedTask:
-    """One task: an input file and the command that processes it."""
+    """One task: its input files (one, unless ``[job] inputs_per_task`` says more) and the
+    command that processes them."""
 
     id: str
-    input: Path
+    inputs: tuple[Path, ...]
     command: str
 
     @property
-    def input_name(self) -> str:
-        """The input's file name, which is also its path in the task's working directory."""
-        return self.input.name
+    def input(self) -> Path:
+        """The task's first (or only) input."""
+        return self.inputs[0]
 
 
 @dataclass(frozen=True)
@@ -53,28 +54,48 @@ def make_plan(job: Job) -> Plan:
     app_files = resolve_files(job, section.app, "app")
     _refuse_duplicate_names(job, app_files, "app")
 
-    ids = derive_task_ids((path.stem or path.name, _stable_key(job, path)) for path in inputs)
+    per_task = section.inputs_per_task
+    groups = [tuple(inputs[start : start + per_task]) for start in range(0, len(inputs), per_task)]
+    for group in groups:
+        _refuse_duplicate_names(job, list(group), "inputs")
+    ids = derive_task_ids((_group_name(group), _group_key(job, group)) for group in groups)
     tasks = tuple(
-        PlannedTask(id=task_id, input=path, command=render_command(section.command, task_id, path))
-        for task_id, path in zip(ids, inputs, strict=True)
+        PlannedTask(
+            id=task_id, inputs=group, command=render_command(section.command, task_id, group)
+        )
+        for task_id, group in zip(ids, groups, strict=True)
     )
     return Plan(job=job, tasks=tasks, app_files=tuple(app_files))
 
 
-def render_command(template: str, task_id: str, input_path: Path) -> str:
-    """``template`` with each placeholder replaced by its shell-quoted value."""
+def render_command(template: str, task_id: str, inputs: tuple[Path, ...]) -> str:
+    """``template`` with each placeholder replaced by its shell-quoted value: ``{inputs}``
+    by every input's name, each quoted, separated by spaces."""
+    first = inputs[0]
     values = {
-        "input": input_path.name,
-        "input_name": input_path.name,
-        "input_stem": input_path.stem,
-        "task_id": task_id,
+        "input": shlex.quote(first.name),
+        "input_name": shlex.quote(first.name),
+        "input_stem": shlex.quote(first.stem),
+        "inputs": " ".join(shlex.quote(path.name) for path in inputs),
+        "task_id": shlex.quote(task_id),
     }
     pieces: list[str] = []
     for literal, field, _, _ in string.Formatter().parse(template):
         pieces.append(literal)
         if field is not None:
-            pieces.append(shlex.quote(values[field]))
+            pieces.append(values[field])
     return "".join(pieces)
+
+
+def _group_name(group: tuple[Path, ...]) -> str:
+    """What a task's id says of its inputs: the stem of its only input, else the stems of its
+    first and last ones, in sorted order like every input (``ash_to_birch``)."""
+    stems = [path.stem or path.name for path in group]
+    return stems[0] if len(stems) == 1 else f"{stems[0]}_to_{stems[-1]}"
+
+
+def _group_key(job: Job, group: tuple[Path, ...]) -> str:
+    return "\n".join(_stable_key(job, path) for path in group)
 
 
 def resolve_files(job: Job, patterns: list[str], field: str) -> list[Path]:

@@ -196,8 +196,8 @@ def print_plan(console: Console, prepared: Prepared) -> None:
     table = Table("task", "input", "command", title=f"{len(plan.tasks)} tasks")
     table.title_justify = "left"
     for task in plan.tasks:
-        size = decimal(task.input.stat().st_size)
-        table.add_row(Text(task.id), Text(f"{task.input} ({size})"), Text(task.command))
+        inputs = "\n".join(f"{path} ({decimal(path.stat().st_size)})" for path in task.inputs)
+        table.add_row(Text(task.id), Text(inputs), Text(task.command))
     console.print(table)
 
 

@@ -79,13 +79,14 @@ def reconcile(ledger: Ledger, plan: Plan) -> list[TaskRecord]:
     changed = []
     for task in plan.tasks:
         record_ = ledger.tasks[task.id]
-        digest = ledger.files.get(str(task.input))
-        if digest is not None and file_changed(task.input, digest):
-            log.warning(
-                "input %s changed since run %s started: its task runs again",
-                task.input,
-                ledger.run_id,
-            )
+        edited = [path for path in task.inputs if _changed_since(ledger, path)]
+        if edited:
+            for path in edited:
+                log.warning(
+                    "input %s changed since run %s started: its task runs again",
+                    path,
+                    ledger.run_id,
+                )
             changed.append(record_)
             record_.reset()
         elif record_.uncollected:
@@ -93,6 +94,12 @@ def reconcile(ledger: Ledger, plan: Plan) -> list[TaskRecord]:
         elif record_.state != "succeeded" or not outputs_intact(out, record_.outputs):
             record_.reset()
     return changed
+
+
+def _changed_since(ledger: Ledger, path: Path) -> bool:
+    """Whether the input ``path`` changed since the run staged it (if it did)."""
+    digest = ledger.files.get(str(path))
+    return digest is not None and file_changed(path, digest)
 
 
 def file_changed(path: Path, recorded: FileRecord) -> bool:

@@ -111,7 +111,12 @@ def new_ledger(prepared: Prepared, storage: Storage) -> Ledger:
     """The ledger of a new run of the prepared job."""
     job, section = prepared.job, prepared.job.spec.job
     tasks = {
-        task.id: TaskRecord(id=task.id, input=str(task.input), command=task.command)
+        task.id: TaskRecord(
+            id=task.id,
+            input=str(task.input),
+            inputs=[str(path) for path in task.inputs] if len(task.inputs) > 1 else None,
+            command=task.command,
+        )
         for task in prepared.plan.tasks
     }
     return Ledger(
@@ -228,7 +233,7 @@ class _Run:
 
     def _stage(self, pending: list[TaskRecord]) -> dict[Path, StagedFile]:
         """Upload the app files and the pending tasks' inputs, and record what they hold."""
-        files = {*self.prepared.plan.app_files, *(Path(r.input) for r in pending)}
+        files = {*self.prepared.plan.app_files, *(Path(i) for r in pending for i in r.all_inputs)}
         log.info("staging %d files to %s", len(files), self.storage.url)
         try:
             # Before reading them: a file changed while it is staged then looks changed.
@@ -269,14 +274,17 @@ class _Run:
     def _task_spec(
         self, record: TaskRecord, staged: dict[Path, StagedFile], leftovers: set[str]
     ) -> TaskSpec:
-        source = staged[Path(record.input)]
+        sources = [staged[Path(path)] for path in record.all_inputs]
         destination = self._outputs_path(record.id)
         if record.id in leftovers:  # from an attempt that was interrupted
             self.storage.remove(destination)
         return TaskSpec(
             id=record.id,
             command=record.command,
-            resource_files=(ResourceFile(self.storage.read_url(source.path), source.source.name),),
+            resource_files=tuple(
+                ResourceFile(self.storage.read_url(source.path), source.source.name)
+                for source in sources
+            ),
             output_files=tuple(
                 OutputFile(pattern, self.storage.write_url(destination))
                 for pattern in self.section.outputs

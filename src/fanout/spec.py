@@ -15,12 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from fanout.errors import JobFileError
 
-PLACEHOLDERS = ("input", "input_name", "input_stem", "task_id")
+PLACEHOLDERS = ("input", "input_name", "input_stem", "inputs", "task_id")
 """What ``{...}`` may name in ``[job] command``."""
+ONE_INPUT_PLACEHOLDERS = ("input", "input_name", "input_stem")
+"""Placeholders that name a task's one input: not for tasks of several (``inputs_per_task``)."""
 
 RESERVED_ENV_PREFIXES = ("FANOUT_", "AZ_BATCH_")
 """Variables every backend sets itself; a job may not set them."""
@@ -91,6 +101,7 @@ class JobSection(BaseModel):
 
     name: str
     inputs: list[str] = Field(min_length=1)
+    inputs_per_task: int = Field(default=1, ge=1, le=10_000)
     app: list[str] = []
     setup: list[str] = []
     command: str = Field(min_length=1)
@@ -112,8 +123,14 @@ class JobSection(BaseModel):
 
     @field_validator("command")
     @classmethod
-    def _check_command(cls, command: str) -> str:
-        command_fields(command)
+    def _check_command(cls, command: str, info: ValidationInfo) -> str:
+        per_task = info.data.get("inputs_per_task", 1)
+        for field in command_fields(command):
+            if per_task > 1 and field in ONE_INPUT_PLACEHOLDERS:
+                raise ValueError(
+                    f"{{{field}}} names a task's one input; with inputs_per_task ="
+                    f" {per_task}, use {{inputs}}"
+                )
         return command
 
     @field_validator("inputs", "app", "outputs")
