@@ -7,6 +7,7 @@ for the service to remove the nodes by itself.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,17 +27,19 @@ LEASE_S = 3
 
 @contextmanager
 def held(
-    batch: Running, operation: str, *, nth: int = 1, carried_out: bool
+    batch: Running, operation: str, *, nth: int = 1, carried_out: bool, body_has: str = ""
 ) -> Iterator[threading.Event]:
-    """Hold the ``nth`` request of ``operation`` (after carrying it out, or before) until the
-    block ends; it is then answered 503 unexecuted, or not at all if carried out. Yields an
-    event set once the request is held."""
+    """Hold the ``nth`` request of ``operation`` whose body names ``body_has`` (after carrying
+    it out, or before) until the block ends; it is then answered 503 unexecuted, or not at all
+    if carried out. Yields an event set once the request is held."""
     holding, release = threading.Event(), threading.Event()
     handler = batch.emulator.operations[operation]
     calls = 0
 
     def hold(request: Any) -> Any:
         nonlocal calls
+        if body_has not in json.dumps(request.body):
+            return handler(request)
         calls += 1
         if calls != nth:
             return handler(request)
@@ -74,10 +77,16 @@ def no_pool(batch: Running) -> bool:
     return all(pool.state == "deleting" for pool in batch.client().list_pools())
 
 
-MOMENTS: dict[str, tuple[str, int, bool]] = {
-    "creating the job": ("Jobs_CreateJob", 1, True),
-    "between two chunks of tasks": ("Tasks_CreateTaskCollection", 2, False),
-    "before the job is set to end with its tasks": ("Jobs_UpdateJob", 1, False),
+MOMENTS: dict[str, tuple[str, int, bool, str]] = {
+    "creating the job": ("Jobs_CreateJob", 1, True, ""),
+    "between two chunks of tasks": ("Tasks_CreateTaskCollection", 2, False, ""),
+    "renewing the job's lease": ("Jobs_UpdateJob", 1, False, "maxWallClockTime"),
+    "before the job is set to end with its tasks": (
+        "Jobs_UpdateJob",
+        1,
+        False,
+        "onAllTasksComplete",
+    ),
 }
 
 
@@ -85,10 +94,11 @@ MOMENTS: dict[str, tuple[str, int, bool]] = {
 def test_a_client_killed_while_it_adds_tasks_leaves_nothing_billing(
     moment: str, batch: Running, batch_env: dict[str, str], azure_container: str, job_dir: Path
 ) -> None:
-    operation, nth, carried_out = MOMENTS[moment]
+    operation, nth, carried_out, body_has = MOMENTS[moment]
     quick_job(job_dir, "dead", 150)  # two task collections: 100 and 50
     env = {**batch_env, "FANOUT_AZURE_BATCH_SUBMIT_LEASE": f"{LEASE_S}s"}
-    with held(batch, operation, nth=nth, carried_out=carried_out) as holding:
+    hold = held(batch, operation, nth=nth, carried_out=carried_out, body_has=body_has)
+    with hold as holding:
         run = start_run(job_dir, azure_container, env)
         assert holding.wait(timeout=60), run.communicate(timeout=5)
         run.kill()

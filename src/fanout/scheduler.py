@@ -166,8 +166,7 @@ class _Run:
         try:
             self._collect_left_behind()
             pending = [r for r in self.ledger.tasks.values() if r.state == "pending"]
-            staged = self._stage(pending)
-            self.ledger.save()
+            self.ledger.save()  # before the backend creates anything: the job ids are in it
             if pending:
                 provisioned = True  # a half-finished provision still needs a teardown
                 resumed = len(self.ledger.job_ids) > 1
@@ -176,9 +175,9 @@ class _Run:
                 if adopted:
                     self.started = True
                     log.info("reattached to %d tasks of an earlier attempt", len(adopted))
-                log.info("provisioning nodes on backend %s", self.backend.name)
-                self.backend.provision(self._pool_spec(staged))
-                self._submit([r for r in pending if r.id not in adopted], staged)
+                to_submit = [r for r in pending if r.id not in adopted]
+                if to_submit:
+                    self._provision_and_submit(to_submit)
                 self._monitor({record.id for record in pending})
             completed = True
         except Interrupted as stop:
@@ -231,14 +230,29 @@ class _Run:
             elif not record.uncollected:
                 record.reset()
 
-    def _stage(self, pending: list[TaskRecord]) -> dict[Path, StagedFile]:
-        """Upload the app files and the pending tasks' inputs, and record what they hold."""
-        files = {*self.prepared.plan.app_files, *(Path(i) for r in pending for i in r.all_inputs)}
+    def _provision_and_submit(self, tasks: list[TaskRecord]) -> None:
+        """Stage the app files, provision, stage the tasks' inputs while the nodes come up
+        (on Batch a pool takes minutes), record what they hold, submit."""
+        app_files = set(self.prepared.plan.app_files)
+        inputs = {Path(path) for record in tasks for path in record.all_inputs}
+        try:
+            sizes = sum(path.stat().st_size for path in app_files | inputs)
+        except OSError as exc:
+            raise FanoutError(f"cannot stage files to {self.storage.url}: {exc}") from None
+        self.reporter.staging_started(len(app_files | inputs), sizes)
+        app = self._stage(app_files)
+        log.info("provisioning nodes on backend %s", self.backend.name)
+        self.backend.provision(self._pool_spec(app))
+        staged = self._stage(inputs)
+        self.ledger.save()  # with the inputs' digests, before any task runs
+        self._submit(tasks, staged)
+
+    def _stage(self, files: set[Path]) -> dict[Path, StagedFile]:
+        """Upload ``files``, and record what they hold."""
         log.info("staging %d files to %s", len(files), self.storage.url)
         try:
             # Before reading them: a file changed while it is staged then looks changed.
             mtimes = {path: path.stat().st_mtime_ns for path in files}
-            self.reporter.staging_started(len(files), sum(p.stat().st_size for p in files))
             staged = self.storage.stage(
                 files,
                 self.storage.path("jobs", self.ledger.job, "staged"),

@@ -3,13 +3,12 @@ dies with the job, on a named pool kept for later runs (``keep_pool``), or on an
 (``pool_id``).
 
 What outlives this process is bounded by the Batch service itself, whenever the process dies.
-A job starts with a short deadline (maxWallClockTime, the ``submit_lease``) that the client
-pushes back as it adds tasks; once they are all in, the job gets onAllTasksComplete=terminatejob
-and the run's budget as its deadline. (terminatejob cannot be set from the start: a job whose
-tasks have all completed ends, and adding tasks in chunks would race with it.) An auto-pool goes
-when its job ends. So a client killed while it adds tasks leaves a job that ends within the
-lease, and one killed later a job that ends with its last task: nothing but a pool kept on
-purpose bills for longer.
+The job is created as the nodes are provisioned, before the inputs are staged, so that an
+auto-pool comes up meanwhile; it lives on a short lease (``batch_lease``) that a thread renews
+until every task is in; then it gets onAllTasksComplete=terminatejob and the run's budget as its
+deadline. An auto-pool goes when its job ends. So a client killed before its tasks are all in
+leaves a job that ends within the lease, and one killed later a job that ends with its last
+task: nothing but a pool kept on purpose bills for longer.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence, Set
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -48,6 +46,7 @@ from fanout_azure.batch_calls import (
     resent,
     transient,
 )
+from fanout_azure.batch_lease import JobLease, deadline
 from fanout_azure.batch_monitor import TaskMonitor
 from fanout_azure.batch_pools import (
     NodeWatcher,
@@ -108,12 +107,11 @@ class AzureBatchBackend(Backend):
         self._job_exists = False
         self._job_ended = False
         """The job ended while tasks were being added: add no more."""
-        self._job_created = self._lease_renewed = 0.0
+        self._lease: JobLease | None = None
         self._kept_pool_created: str | None = None
         self._stale_jobs: list[str] = []
         self._task_app_files: tuple[ResourceFile, ...] = ()
         self._pool_env: dict[str, str] = {}
-        self._new_job: Any = None
         self._pool_id: str | None = None
         self._monitors: list[TaskMonitor] = []
         self._nodes: NodeWatcher | None = None
@@ -214,24 +212,37 @@ class AzureBatchBackend(Backend):
         age = (datetime.now(UTC) - job.creation_time).total_seconds()
         update = m.BatchJobUpdateOptions(
             all_tasks_complete_mode="terminatejob",
-            constraints=_deadline(age + self.context.budget_s),
+            constraints=deadline(age + self.context.budget_s),
         )
         resent(lambda: self.client.update_job(job.id, update), done_if=ALREADY_ENDING)
 
     @batch_errors("preparing the pool")
     def provision(self, pool: PoolSpec) -> None:
-        """Make the pool ready (or describe the auto-pool); the job itself is created with
-        the first tasks, so that a resumed run with nothing left to run creates none."""
+        """Make the pool ready and create the job, under its lease: an auto-pool comes up
+        while the scheduler stages the inputs."""
         from azure.batch import models as m
 
         self._pool_env = dict(pool.env)
         pool_info, self._pool_id = self._pool_for(pool)
-        self._new_job = m.BatchJobCreateOptions(
+        lease = min(self._settings.submit_lease, self.context.budget_s)
+        job = m.BatchJobCreateOptions(
             id=self.job_id,
             pool_info=pool_info,
-            constraints=_deadline(min(self._settings.submit_lease, self.context.budget_s)),
+            constraints=deadline(lease),
             metadata=metadata(self.context.run_id),
         )
+        self._job_exists = True  # before: a create whose answer is lost is still deleted
+        created = time.monotonic()  # before: the job's clock starts later
+        # JobExists: a create whose answer was lost, sent again; the id is this attempt's.
+        resent(lambda: self.client.create_job(job), done_if=frozenset({"JobExists"}))
+        self._lease = JobLease(self.client, self.job_id, lease, self.context.budget_s, created)
+        self._lease.start()
+        self._monitors.append(TaskMonitor(self.client, self.job_id))
+        self._nodes = NodeWatcher(
+            self.client, self.job_id, self._pool_id, auto_pool=self._pool_id is None
+        )
+        where = self._pool_id or f"an auto-pool of {self._settings.vm_size}"
+        log.info("job %s on %s", self.job_id, where)
 
     def _pool_for(self, pool: PoolSpec) -> tuple[Any, str | None]:
         """The job's pool information, and the pool's id when it is not an auto-pool."""
@@ -273,20 +284,17 @@ class AzureBatchBackend(Backend):
 
     @batch_errors("adding the tasks")
     def submit(self, tasks: Sequence[TaskSpec]) -> None:
-        """Add the tasks (creating the job first) slice by slice, renewing the job's lease
-        between slices. If the job ends before they are all in (the lease ran out while this
-        client was stalled, or someone ended it), those not added are reported not run, and
-        ``--resume`` runs them."""
+        """Add the tasks slice by slice. If the job ends before they are all in (its lease
+        ran out while this client was stalled, or someone ended it), those not added are
+        reported not run, and ``--resume`` runs them."""
         if not tasks:
             return
-        if not self._job_exists:
-            self._create_job()
         self._monitors[-1].expect(task.id for task in tasks)
         for start in range(0, len(tasks), SUBMIT_SLICE):
-            if self._job_ended:
+            if self._job_ended or (self._lease is not None and self._lease.ended):
+                self._job_ended = True
                 return
             try:
-                self._renew_lease()
                 self._add([*tasks[start : start + SUBMIT_SLICE]])
             except _JobEnded as ended:
                 log.warning("%s; the tasks not added are reported not run", ended)
@@ -295,32 +303,14 @@ class AzureBatchBackend(Backend):
     @batch_errors("letting the job end with its tasks")
     def all_submitted(self) -> None:
         """Every task is in: the job ends when they have completed, or at the run's budget."""
+        self._stop_lease()
         if self._job_exists and not self._job_ended:
             self._end_with_tasks()
 
-    def _create_job(self) -> None:
-        self._job_exists = True  # before: a create whose answer is lost is still deleted
-        self._lease_renewed = self._job_created = time.monotonic()  # its clock starts later
-        # JobExists: a create whose answer was lost, sent again; the id is this attempt's.
-        resent(lambda: self.client.create_job(self._new_job), done_if=frozenset({"JobExists"}))
-        self._monitors.append(TaskMonitor(self.client, self.job_id))
-        self._nodes = NodeWatcher(
-            self.client, self.job_id, self._pool_id, auto_pool=self._pool_id is None
-        )
-        where = self._pool_id or f"an auto-pool of {self._settings.vm_size}"
-        log.info("job %s on %s", self.job_id, where)
-
-    def _renew_lease(self) -> None:
-        """Push the job's deadline to a lease from now, if a third of it has gone by."""
-        from azure.batch import models as m
-
-        now = time.monotonic()
-        lease = self._settings.submit_lease
-        if now - self._lease_renewed < lease / 3:
-            return
-        deadline = min(now - self._job_created + lease, self.context.budget_s)
-        self._update_job(m.BatchJobUpdateOptions(constraints=_deadline(deadline)), ending=False)
-        self._lease_renewed = now
+    def _stop_lease(self) -> None:
+        if self._lease is not None:
+            self._lease.stop()
+            self._job_ended = self._job_ended or self._lease.ended
 
     def _add(self, tasks: list[TaskSpec]) -> None:
         from azure.batch.models import CreateTasksError
@@ -356,23 +346,11 @@ class AzureBatchBackend(Backend):
         from azure.batch import models as m
 
         update = m.BatchJobUpdateOptions(
-            all_tasks_complete_mode="terminatejob", constraints=_deadline(self.context.budget_s)
+            all_tasks_complete_mode="terminatejob", constraints=deadline(self.context.budget_s)
         )
-        self._update_job(update, ending=True)
-
-    def _update_job(self, update: Any, *, ending: bool) -> None:
-        """PATCH this attempt's job, sent again if its answer is lost. ``JobCompleted``: the
-        job has ended — at once when every task had completed and ``ending`` set
-        terminatejob (the first PATCH went through, its answer was lost), else ``_JobEnded``."""
-        from azure.core.exceptions import AzureError
-
-        try:
-            resent(lambda: self.client.update_job(self.job_id, update))
-        except AzureError as exc:
-            if error_code(exc) not in ALREADY_ENDING:
-                raise
-            if not ending:
-                raise _JobEnded(f"job {self.job_id} ended before all its tasks were in") from None
+        # JobCompleted: every task had completed, and the job ended at once as the first
+        # PATCH went through (its answer was lost).
+        resent(lambda: self.client.update_job(self.job_id, update), done_if=ALREADY_ENDING)
 
     def poll(self, timeout: float) -> list[TaskUpdate]:
         """Ask the service at most once per ``poll_interval``, however often this is called.
@@ -411,6 +389,7 @@ class AzureBatchBackend(Backend):
 
     def cancel(self) -> None:
         """Terminate this attempt's job: its running tasks stop, queued ones never start."""
+        self._stop_lease()
         if not self._job_exists:
             return
         from azure.batch.models._models import BatchJobTerminateOptions
@@ -429,6 +408,7 @@ class AzureBatchBackend(Backend):
         """Delete the jobs of this run (an auto-pool goes with its job); a pool created with
         ``keep_pool`` stays, and is recorded. ``keep`` is ignored: nodes kept for inspection
         bill by the hour, and each task's logs are in the run's storage."""
+        self._stop_lease()
         for job_id in [*self._stale_jobs, *([self.job_id] if self._job_exists else [])]:
             doing = f"deleting job {job_id}"
             problem = carry_out(doing, self.client.begin_delete_job, job_id, DELETE_TIMEOUT_S)
@@ -458,13 +438,6 @@ _TASK_ENDED = frozenset({"TaskCompleted", *ALREADY_ENDING})
 
 class _JobEnded(Exception):
     """The job ended while tasks were still being added."""
-
-
-def _deadline(seconds: float) -> Any:
-    """Job constraints with only a wall clock limit, ``seconds`` from the job's creation."""
-    from azure.batch import models as m
-
-    return m.BatchJobConstraints(max_wall_clock_time=timedelta(seconds=seconds))
 
 
 def _submission_failure(exc: Any) -> str:
