@@ -72,3 +72,22 @@ def test_the_budget_also_bounds_the_setup(job_dir: Path) -> None:
         "not run: setup failed on node local-0: the run's budget of 2s ran out"
     )
     assert not process_alive(int(pid_file.read_text()))
+
+
+def test_a_budget_of_weeks_is_waited_out_like_any_other(job_dir: Path) -> None:
+    write_inputs(job_dir, {"a.txt": "a"})
+    write_job(
+        job_dir,
+        {
+            "job": {
+                "name": "weeks",
+                "inputs": ["*.txt"],
+                "command": "sleep 0.2; cp {input} a.out",
+                "outputs": ["*.out"],
+                "budget": "60d",  # longer than one poll() may wait
+            }
+        },
+    )
+    result = run_fanout("run", "job.toml", "--out", "out", cwd=job_dir)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (job_dir / "out" / "a" / "a.out").read_text() == "a"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import shutil
 import subprocess
 import threading
@@ -52,6 +53,8 @@ from fanout.transfer import TransferError, deliver, fetch, join_url, matching_fi
 
 NODE_ID = "local-0"
 POOL_ID = "local"
+LONGEST_POLL_S = 86400.0
+"""The longest single wait for a task to exit: poll() takes at most 2**31 - 1 ms."""
 MAX_ARG_STRLEN = 32 * 4096
 """Linux's limit on one string of a program's arguments or environment, its NUL included."""
 
@@ -331,10 +334,7 @@ class LocalBackend(Backend):
             if self._stopping.is_set():  # cancel came as it started, and may not have seen it
                 limit = 0
         try:
-            process.wait(timeout=limit)
-            ran_out = False
-        except subprocess.TimeoutExpired:
-            ran_out = True
+            ran_out = not _exits_within(process, limit)
         finally:
             end_groups([process.pid])
             self._watchdog.forget(process.pid)
@@ -361,6 +361,36 @@ class LocalBackend(Backend):
             "AZ_BATCH_NODE_STARTUP_DIR": str(self.node_dir / "startup"),
             **extra,
         }
+
+
+def _exits_within(process: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``process`` to exit; whether it did (then it is reaped).
+
+    On a pidfd where Linux has them: ``Popen.wait`` with a timeout polls, sleeping up to
+    50 ms between two looks, which a short task would pay in full.
+    """
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # not Linux 5.3 or later
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    deadline = time.monotonic() + seconds
+    try:
+        waiting = select.poll()
+        waiting.register(pidfd, select.POLLIN)
+        while True:
+            left = max(deadline - time.monotonic(), 0.0)
+            exited = bool(waiting.poll(min(left, LONGEST_POLL_S) * 1000))
+            if exited or left <= LONGEST_POLL_S:
+                break
+    finally:
+        os.close(pidfd)
+    if exited:
+        process.wait()
+    return exited
 
 
 def _fetch_all(resources: Sequence[ResourceFile], directory: Path) -> None:
