@@ -326,7 +326,7 @@ class AzureBatchBackend(Backend):
                 return
             except CreateTasksError as exc:
                 codes = {error_code(error) for error in exc.errors}
-                if codes & ALREADY_ENDING:
+                if codes & NO_MORE_TASKS:
                     raise _JobEnded(
                         f"job {self.job_id} ended before all its tasks were in"
                     ) from None
@@ -434,6 +434,9 @@ class AzureBatchBackend(Backend):
 
 _TASK_ENDED = frozenset({"TaskCompleted", *ALREADY_ENDING})
 """Refusals to terminate a task that has ended already, or whose job is ending."""
+NO_MORE_TASKS = frozenset({"JobNotActive", *ALREADY_ENDING})
+"""Refusals to add tasks to a job that is ending or has ended (``JobNotActive`` while it is
+being terminated)."""
 
 
 class _JobEnded(Exception):
