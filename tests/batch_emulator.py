@@ -22,7 +22,7 @@ class Running:
 
     emulator: BatchEmulator
     log_path: Path
-    answers: list[tuple[str, str, int, Any]] = field(default_factory=list)
+    answers: list[tuple[str, str, int, Any, str]] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -40,7 +40,7 @@ def running_emulator(tmp_path: Path) -> Iterator[Running]:
     """Serve the emulator on a free port until the block ends, logging its requests."""
     log_path = tmp_path / "requests.log"
     with log_path.open("a") as log:
-        answers: list[tuple[str, str, int, Any]] = []
+        answers: list[tuple[str, str, int, Any, str]] = []
         emulator = BatchEmulator(
             "127.0.0.1",
             0,

@@ -71,7 +71,7 @@ def task_directories(batch: Running, job_id: str, task_id: str) -> list[Path]:
 def spec_problems(batch: Running) -> list[str]:
     return [
         problem
-        for operation_id, _path, status, body in batch.answers
+        for operation_id, _path, status, body, _version in batch.answers
         if operation_id == "Tasks_DeleteTask"
         for problem in response_problems(operation_id, status, body)
     ]
@@ -218,7 +218,7 @@ def busy_emulator(tmp_path: Path, every: int) -> Iterator[Running]:
     """An emulator refusing every ``every``-th request, logging its requests."""
     log_path = tmp_path / "requests.log"
     with log_path.open("a") as log:
-        answers: list[tuple[str, str, int, Any]] = []
+        answers: list[tuple[str, str, int, Any, str]] = []
         emulator = BatchEmulator(
             "127.0.0.1",
             0,
@@ -271,7 +271,7 @@ def test_every_third_request_busy_and_the_sdk_retries_through(tmp_path: Path) ->
     refused_answers = [answer for answer in batch.answers if answer[2] == 503]
     assert len(refused_answers) == len(refusals)
     assert all(operation_id == "" for operation_id, *_ in refused_answers)
-    assert all(body["code"] == "ServerBusy" for *_, body in refused_answers)
+    assert all(answer[3]["code"] == "ServerBusy" for answer in refused_answers)
 
 
 def test_a_busy_answer_is_a_batch_server_busy_with_retry_after(tmp_path: Path) -> None:

@@ -377,7 +377,7 @@ def test_every_answer_of_a_run_matches_the_official_description(batch: Running) 
 
     problems = []
     checked = 0
-    for operation_id, _path, status, body in batch.answers:
+    for operation_id, _path, status, body, _version in batch.answers:
         if body is None or not operation_id:
             continue
         checked += 1

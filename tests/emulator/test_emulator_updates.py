@@ -374,7 +374,7 @@ def test_a_failed_start_task_leaves_its_output_in_the_node_startup_directory(
     )
     problems = [
         problem
-        for operation_id, _path, status, body in batch.answers
+        for operation_id, _path, status, body, _version in batch.answers
         if operation_id.startswith("Nodes_") and body is not None
         for problem in response_problems(operation_id, status, body)
     ]

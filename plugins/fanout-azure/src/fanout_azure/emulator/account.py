@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fanout_azure.emulator.autoscale import evaluate, invalid_formula
 from fanout_azure.emulator.errors import BatchError, exists, not_found
+from fanout_azure.emulator.faults import Faults
 from fanout_azure.emulator.job_update import check_job_options, updated_spec, wall_clock_seconds
 from fanout_azure.emulator.model import Job, Node, Pool, Task, node_id, now
 from fanout_azure.emulator.runtime import (
@@ -30,6 +32,7 @@ from fanout_azure.emulator.runtime import (
     run_task,
     should_retry,
 )
+from fanout_azure.emulator.spec import get_spec
 
 _Found = TypeVar("_Found")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -49,9 +52,18 @@ TERMINATED_WITH_NODE = {
     "code": "TaskEnded",
     "message": "Task Was Ended because its Compute Node was removed from the Pool",
 }
+TERMINATED_WITH_DISABLE = {
+    "category": "usererror",
+    "code": "TaskEnded",
+    "message": "Task Was Ended because its Job was disabled",
+}
 ENDING_DEALLOCATIONS = ("requeue", "terminate")
 """``nodeDeallocationOption``s that end a leaving node's tasks at once (the others let them end)."""
 UPDATABLE_JOB_STATES = ("active", "disabled")
+LIVE_JOB_STATES = ("active", "disabling", "disabled", "enabling")
+"""Job states in which a task whose node went away is requeued, and a failed one retried."""
+GONE_NODE_STATES = ("leavingpool", "preempted", "unusable")
+DEFAULT_EVALUATION_INTERVAL = "PT15M"
 _JOB_CONFLICTS = {
     "completed": ("JobCompleted", "The specified job is already in a completed state."),
     "terminating": ("JobBeingTerminated", "The specified job is being terminated."),
@@ -84,8 +96,9 @@ POOL_UPDATABLE_ANY_TIME = frozenset(
 class Account:
     """A Batch account on this machine: pools of directory-tree nodes running real processes."""
 
-    def __init__(self, name: str, base_url: str, root: Path) -> None:
+    def __init__(self, name: str, base_url: str, root: Path, faults: Faults | None = None) -> None:
         self.name = name
+        self.faults = faults or Faults()
         self.base_url = base_url
         self.root = root
         self.pools: dict[str, Pool] = {}
@@ -116,6 +129,10 @@ class Account:
                 target_spot=int(spec.get("targetLowPriorityNodes", 0)),
                 auto_pool_of=auto_pool_of,
             )
+            if spec.get("enableAutoScale"):
+                if not spec.get("autoScaleFormula"):
+                    raise invalid_formula("a pool that scales itself needs an autoScaleFormula")
+                self._scale(pool, resize=False)
             self.pools[pool_id.casefold()] = pool
         self._spawn(self._allocate, pool)
         return pool
@@ -181,12 +198,26 @@ class Account:
         new_nodes: list[Node] = []
         leaving: list[Node] = []
         with self._lock:
+            error = None
             for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_spot)):
                 current = [node for node in pool.nodes if node.dedicated == dedicated]
-                new_nodes += [self._add_node(pool, dedicated) for _ in range(target - len(current))]
+                if target > len(current):
+                    error = error or self.faults.resize_error(pool.id)
+                    if error is None:
+                        new_nodes += [
+                            self._add_node(pool, dedicated) for _ in range(target - len(current))
+                        ]
                 leaving += self._leave(current, len(current) - target, deallocation)
+            if error is not None:
+                pool.resize_errors = [error]
+            elif not self.faults.stale_resize_errors:
+                pool.resize_errors = []
         for node in new_nodes:
             self._spawn(self._boot, node)
+        self._finish_resize(pool, leaving)
+
+    def _finish_resize(self, pool: Pool, leaving: list[Node]) -> None:
+        """Once the ``leaving`` nodes run nothing, take them out: the pool is steady again."""
         self._wait_until_idle(leaving)
         gone = {id(node) for node in leaving}
         with self._lock:
@@ -215,6 +246,11 @@ class Account:
     def _leave(self, nodes: list[Node], excess: int, deallocation: str) -> list[Node]:
         """Take ``excess`` of ``nodes`` out of scheduling, idle ones first. Lock held."""
         leaving = sorted(nodes, key=lambda node: node.running_slots > 0)[: max(0, excess)]
+        return self._depart(leaving, deallocation)
+
+    def _depart(self, leaving: list[Node], deallocation: str) -> list[Node]:
+        """Take ``leaving`` out of scheduling; end their tasks as ``deallocation`` says. Lock
+        held."""
         for node in leaving:
             node.set_state("leavingpool")
             node.cancel.set()
@@ -225,6 +261,9 @@ class Account:
 
     def _boot(self, node: Node) -> None:
         """Run the start task, if any. A node that is leaving the pool keeps its state."""
+        if node.cancel.wait(self.faults.node_start_s):
+            return
+        self._schedule_faults(node)
         start_task = node.start_task
         wait = start_task is not None and start_task.get("waitForSuccess", True)
         node.paths.create()
@@ -254,6 +293,38 @@ class Account:
             if node.state == "waitingforstarttask":
                 node.set_state("idle" if result.result == "success" else "starttaskfailed")
         self._wake.set()
+
+    def _schedule_faults(self, node: Node) -> None:
+        """Preempt a spot node, or make a node unusable, when the faults say it is time."""
+        if not node.dedicated and self.faults.preempt_spot_after_s is not None:
+            self._spawn(self._later, node, self.faults.preempt_spot_after_s, "preempted")
+        if self.faults.unusable_after_s is not None:
+            self._spawn(self._later, node, self.faults.unusable_after_s, "unusable")
+
+    def _later(self, node: Node, seconds: float, state: str) -> None:
+        if not node.cancel.wait(seconds):
+            with self._lock:
+                self._lose_node(node, state)
+
+    def lose_nodes(self, pool_id: str, state: str, node: str | None = None) -> list[str]:
+        """Preempt (``state`` ``preempted``: spot nodes only) or make ``unusable`` one node of
+        the pool, or all its nodes that can be; the ids of the nodes it happened to."""
+        with self._lock:
+            nodes = [self.node(pool_id, node)] if node else list(self.pool(pool_id).nodes)
+            if state == "preempted":
+                if node and nodes[0].dedicated:
+                    raise ValueError(f"node {node} is dedicated: only spot nodes are preempted")
+                nodes = [candidate for candidate in nodes if not candidate.dedicated]
+            return [candidate.id for candidate in nodes if self._lose_node(candidate, state)]
+
+    def _lose_node(self, node: Node, state: str) -> bool:
+        """The node is lost to scheduling (preempted, unusable); its running tasks are requeued,
+        as the service requeues them. Lock held."""
+        if node.state in GONE_NODE_STATES:
+            return False
+        node.set_state(state)
+        self._end_tasks_on([node], None)
+        return True
 
     def _remove_pool(self, pool: Pool) -> None:
         """Requeue the pool's running tasks, as a resize to zero with ``requeue`` would."""
@@ -408,7 +479,7 @@ class Account:
         results: list[Task | BatchError] = []
         with self._lock:
             job = self.job(job_id)
-            if job.state != "active":
+            if job.state not in LIVE_JOB_STATES:  # a disabled job takes tasks, runs none
                 raise BatchError(
                     409,
                     "JobCompleted" if job.state == "completed" else "JobNotActive",
@@ -524,6 +595,14 @@ class Account:
                 if self._stopping.is_set():  # shutdown ends tasks: start none after it
                     return
                 self._end_overdue_jobs()
+                self._settle_disabled_jobs()
+                for pool in list(self.pools.values()):
+                    due = (
+                        pool.spec.get("enableAutoScale")
+                        and time.monotonic() >= pool.next_evaluation
+                    )
+                    if due and pool.state == "active":
+                        self._scale(pool)
                 for job in list(self.jobs.values()):
                     if job.state == "active":
                         self._place(job)
@@ -582,7 +661,7 @@ class Account:
                 self._wake.set()
                 return
             if task.cancel.is_set() and "failureInfo" not in task.execution:
-                if job.state == "active":  # its node went away: run it again elsewhere
+                if job.state in LIVE_JOB_STATES:  # its node went away: run it again elsewhere
                     task.requeues += 1
                     task.set_state("active")
                     self._pending[job.id.casefold()].appendleft(task)
@@ -607,7 +686,7 @@ class Account:
 
     def _may_retry(self, job: Job, task: Task) -> bool:
         limit = int(job.task_constraints(task)["maxTaskRetryCount"])
-        return job.state == "active" and (limit == -1 or task.retries < limit)
+        return job.state in LIVE_JOB_STATES and (limit == -1 or task.retries < limit)
 
     def _complete(self, job: Job, task: Task) -> None:
         """``task`` is done. ``onAllTasksComplete=terminatejob``: so is the job once every task
@@ -626,6 +705,250 @@ class Account:
             and bool(job.tasks)
             and job.incomplete == 0
         )
+
+    # ------------------------------------------------------ control of pools
+
+    def remove_nodes(self, pool_id: str, spec: dict[str, Any]) -> Pool:
+        """``Pools_RemoveNodes``: the named nodes leave a steady pool as
+        ``nodeDeallocationOption`` says; its targets drop by as many."""
+        with self._lock:
+            pool = self._steady(pool_id)
+            nodes = [self.node(pool_id, node_id) for node_id in spec["nodeList"]]
+            for node in nodes:
+                if node.dedicated:
+                    pool.target_dedicated -= 1
+                else:
+                    pool.target_spot -= 1
+            leaving = self._depart(nodes, spec.get("nodeDeallocationOption", "requeue"))
+            pool.allocation_state, pool.allocation_changed = "resizing", now()
+            pool.touch()
+        self._spawn(self._finish_resize, pool, leaving)
+        return pool
+
+    def reboot_node(self, pool_id: str, node_id: str, option: str = "requeue") -> Node:
+        """``Nodes_RebootNode``: its tasks end as ``option`` says (``taskcompletion``: they
+        finish first), then it starts again and runs its start task."""
+        with self._lock:
+            node = self.node(pool_id, node_id)
+            if node.state in (*GONE_NODE_STATES, "rebooting", "starting"):
+                raise BatchError(
+                    409,
+                    "OperationNotValidOnNode",
+                    "The specified operation is not valid on the node.",
+                    {"Reason": f"The node is {node.state}"},
+                )
+            node.set_state("rebooting")
+            node.cancel.set()  # a start task still running
+            if option != "taskcompletion":
+                self._end_tasks_on([node], TERMINATED_WITH_NODE if option == "terminate" else None)
+        self._spawn(self._restart, node)
+        return node
+
+    def _restart(self, node: Node) -> None:
+        self._wait_until_idle([node])
+        with self._lock:
+            node.cancel = threading.Event()
+            node.allocated = now()
+            node.set_state("starting")
+        self._boot(node)
+
+    def node_counts(self) -> list[dict[str, Any]]:
+        """``Pools_ListPoolNodeCounts``: nodes by state, dedicated and spot, of every pool."""
+        names = list(get_spec().definitions["BatchNodeCounts"]["properties"])
+        by_state = {name.casefold(): name for name in names}
+        counts = []
+        with self._lock:
+            for pool in self.pools.values():
+                kinds = {True: dict.fromkeys(names, 0), False: dict.fromkeys(names, 0)}
+                for node in pool.nodes:
+                    kinds[node.dedicated][by_state[node.state]] += 1
+                    kinds[node.dedicated]["total"] += 1
+                counts.append(
+                    {"poolId": pool.id, "dedicated": kinds[True], "lowPriority": kinds[False]}
+                )
+        return counts
+
+    def _steady(self, pool_id: str) -> Pool:
+        """The pool, if it is steady; 409 if it is being deleted or resized. Lock held."""
+        pool = self.pool(pool_id)
+        if pool.state == "deleting":
+            raise _pool_being_deleted()
+        if pool.allocation_state != "steady":
+            raise BatchError(409, "PoolNotSteady", "The specified pool is not in a steady state.")
+        return pool
+
+    # --------------------------------------------------------------- autoscale
+
+    def enable_autoscale(self, pool_id: str, spec: dict[str, Any]) -> Pool:
+        """``Pools_EnablePoolAutoScale``: the formula is evaluated at once, then every
+        ``autoScaleEvaluationInterval`` (default 15 minutes); 400 for a formula the evaluator
+        does not read (``autoscale``)."""
+        with self._lock:
+            pool = self.pool(pool_id)
+            formula = spec.get("autoScaleFormula") or pool.spec.get("autoScaleFormula")
+            if not formula:
+                raise invalid_formula("no autoScaleFormula given, and the pool has none")
+            interval = spec.get("autoScaleEvaluationInterval") or pool.spec.get(
+                "autoScaleEvaluationInterval", DEFAULT_EVALUATION_INTERVAL
+            )
+            wall_clock_seconds(interval)
+            pool.spec = {
+                **pool.spec,
+                "enableAutoScale": True,
+                "autoScaleFormula": formula,
+                "autoScaleEvaluationInterval": interval,
+            }
+            self._scale(pool)
+            pool.touch()
+            return pool
+
+    def evaluate_autoscale(self, pool_id: str, formula: str) -> dict[str, Any]:
+        """``Pools_EvaluatePoolAutoScale``: what ``formula`` would ask of the pool now (an
+        ``AutoScaleRun``); the pool does not change."""
+        with self._lock:
+            pool = self.pool(pool_id)
+            if not pool.spec.get("enableAutoScale"):
+                raise BatchError(
+                    409,
+                    "OperationInvalidForCurrentState",
+                    "The specified operation is not valid for the current state of the resource.",
+                    {"Reason": "Automatic scaling is not enabled on the pool"},
+                )
+            outcome = evaluate(formula, self._scale_state(pool), pool.samples)
+            return {"timestamp": now(), "results": outcome.results}
+
+    def disable_autoscale(self, pool_id: str) -> Pool:
+        """``Pools_DisablePoolAutoScale``: the pool keeps the size it has."""
+        with self._lock:
+            pool = self.pool(pool_id)
+            kept = ("autoScaleFormula", "autoScaleEvaluationInterval")
+            pool.spec = {k: v for k, v in pool.spec.items() if k not in kept}
+            pool.spec["enableAutoScale"] = False
+            pool.auto_scale_run = None
+            pool.touch()
+            return pool
+
+    def _scale(self, pool: Pool, *, resize: bool = True) -> None:
+        """Evaluate the pool's formula on a fresh sample; resize it to what it asks (if steady).
+        A formula that fails at run time leaves the size alone and says why in
+        ``autoScaleRun.error``. Lock held."""
+        interval = pool.spec.get("autoScaleEvaluationInterval", DEFAULT_EVALUATION_INTERVAL)
+        pool.next_evaluation = time.monotonic() + wall_clock_seconds(interval)
+        pool.samples.take(self._metrics(pool))
+        try:
+            outcome = evaluate(pool.spec["autoScaleFormula"], self._scale_state(pool), pool.samples)
+        except BatchError as error:
+            if not resize:
+                raise
+            pool.auto_scale_run = {
+                "timestamp": now(),
+                "error": {
+                    "code": error.code,
+                    "message": error.message,
+                    "values": [
+                        {"name": key, "value": value} for key, value in error.values.items()
+                    ],
+                },
+            }
+            return
+        pool.auto_scale_run = {"timestamp": now(), "results": outcome.results}
+        wanted = (outcome.dedicated, outcome.spot)
+        if not resize:
+            pool.target_dedicated, pool.target_spot = wanted
+        elif (
+            wanted != (pool.target_dedicated, pool.target_spot)
+            and pool.allocation_state == "steady"
+        ):
+            pool.target_dedicated, pool.target_spot = wanted
+            pool.allocation_state, pool.allocation_changed = "resizing", now()
+            self._spawn(self._allocate, pool, outcome.deallocation)
+
+    def _scale_state(self, pool: Pool) -> dict[str, float]:
+        dedicated = sum(1 for node in pool.nodes if node.dedicated)
+        return {
+            "$TargetDedicatedNodes": float(pool.target_dedicated),
+            "$TargetLowPriorityNodes": float(pool.target_spot),
+            "$CurrentDedicatedNodes": float(dedicated),
+            "$CurrentLowPriorityNodes": float(len(pool.nodes) - dedicated),
+        }
+
+    def _metrics(self, pool: Pool) -> dict[str, float]:
+        """The task metrics of the jobs on the pool, as autoscale formulas see them."""
+        counts = {"active": 0.0, "running": 0.0, "succeeded": 0.0, "failed": 0.0}
+        for job in self.jobs.values():
+            if job.pool_id.casefold() != pool.id.casefold():
+                continue
+            for task in job.tasks.values():
+                if task.state == "completed":
+                    kind = "succeeded" if task.execution.get("result") == "success" else "failed"
+                else:
+                    kind = "active" if task.state == "active" else "running"
+                counts[kind] += 1
+        return {
+            "$ActiveTasks": counts["active"],
+            "$RunningTasks": counts["running"],
+            "$PendingTasks": counts["active"] + counts["running"],
+            "$SucceededTasks": counts["succeeded"],
+            "$FailedTasks": counts["failed"],
+        }
+
+    # ------------------------------------------------------- control of jobs
+
+    def disable_job(self, job_id: str, disable_tasks: str) -> Job:
+        """``Jobs_DisableJob``: no task starts; running ones are requeued (``requeue``), ended
+        (``terminate``) or left to finish (``wait``); ``disabled`` once none runs."""
+        with self._lock:
+            job = self.job(job_id)
+            if job.state != "active":
+                raise _job_conflict(job)
+            job.set_state("disabling")
+            if disable_tasks != "wait":
+                for task in job.tasks.values():
+                    if task.state == "running":
+                        if disable_tasks == "terminate":
+                            task.execution["failureInfo"] = TERMINATED_WITH_DISABLE
+                        task.cancel.set()
+        self._wake.set()
+        return job
+
+    def enable_job(self, job_id: str) -> Job:
+        """``Jobs_EnableJob``: ``enabling``, then ``active`` at the next scheduling round."""
+        with self._lock:
+            job = self.job(job_id)
+            if job.state not in ("disabled", "disabling"):
+                raise _job_conflict(job)
+            job.set_state("enabling")
+        self._wake.set()
+        return job
+
+    def _settle_disabled_jobs(self) -> None:
+        """Disabling jobs that run nothing are disabled; enabling ones are active. Lock held."""
+        for job in self.jobs.values():
+            if job.state == "enabling":
+                job.set_state("active")
+            elif job.state == "disabling" and not any(t.node for t in job.tasks.values()):
+                job.set_state("disabled")
+
+    def reactivate_task(self, job_id: str, task_id: str) -> Task:
+        """``Tasks_ReactivateTask``: a task that failed is active again, its retries reset."""
+        with self._lock:
+            job = self.job(job_id)
+            if job.state in _JOB_CONFLICTS:
+                raise _job_conflict(job)
+            task = self.task(job_id, task_id)
+            if task.state != "completed" or task.execution.get("result") != "failure":
+                raise BatchError(
+                    409,
+                    "TaskNotFailed" if task.state == "completed" else "TaskNotCompleted",
+                    "Only a task that completed with a failure can be reactivated.",
+                )
+            task.retries = 0
+            task.execution = {}
+            task.set_state("active")
+            job.incomplete += 1
+            self._pending[job.id.casefold()].append(task)
+        self._wake.set()
+        return task
 
     # -------------------------------------------------------------- helpers
 

@@ -1,8 +1,10 @@
 """``fanout batch-emulator``: serve the emulator until SIGINT or SIGTERM.
 
-``--busy-every N`` injects faults for clients' retry tests: every N-th request (counted over all
-requests) is answered 503 ``ServerBusy`` with ``Retry-After: 1`` and not executed; the request
-log shows each such refusal with status 503.
+The fault options set the knobs of ``faults.Faults`` from the start (all off by default); the
+admin endpoint (``admin``, ``/_emulator/faults`` on the same port) sets them while it runs.
+``--busy-every N``: every N-th request (counted over all requests) is answered 503
+``ServerBusy`` with ``Retry-After: 1`` and not executed; the request log shows each such refusal
+with status 503.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from fanout_azure.emulator.faults import ALL_POOLS, RESIZE_ERRORS, Busy, Faults
 
 DEFAULT_ACCOUNT = "devbatchaccount1"
 DEFAULT_KEY = (
@@ -49,6 +53,50 @@ DEFAULT_PORT = 10100
     " 503 ServerBusy with Retry-After: 1, without executing it; such refusals appear in the"
     " request log with status 503. 0: never.",
 )
+@click.option(
+    "--outage",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="SECONDS",
+    help="Refuse every request 503 ServerBusy for this long from the start.",
+)
+@click.option(
+    "--lose-answers",
+    multiple=True,
+    metavar="OPERATION[:N]",
+    help="Carry out the next N (default 1) requests of this operationId, never answer them.",
+)
+@click.option(
+    "--resize-error",
+    multiple=True,
+    metavar="[POOL=]CODE",
+    help=f"Resizes of POOL (default: every pool) get no node and this resize error, one of"
+    f" {', '.join(RESIZE_ERRORS)}.",
+)
+@click.option(
+    "--stale-resize-errors",
+    is_flag=True,
+    help="Keep a pool's resize errors after a later resize succeeds.",
+)
+@click.option(
+    "--node-start-seconds",
+    type=click.FloatRange(min=0),
+    default=0,
+    metavar="SECONDS",
+    help="How long a new node takes to come up (it is 'starting' meanwhile).",
+)
+@click.option(
+    "--preempt-spot-after",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Preempt each spot node this long after it comes up; its running tasks are requeued.",
+)
+@click.option(
+    "--unusable-after",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Each node turns 'unusable' this long after it comes up; its tasks are requeued.",
+)
 def batch_emulator(
     host: str,
     port: int,
@@ -57,13 +105,41 @@ def batch_emulator(
     root: Path | None,
     request_log: Any,
     busy_every: int,
+    outage: float,
+    lose_answers: tuple[str, ...],
+    resize_error: tuple[str, ...],
+    stale_resize_errors: bool,
+    node_start_seconds: float,
+    preempt_spot_after: float | None,
+    unusable_after: float | None,
 ) -> None:
-    """Serve an Azure Batch emulator (REST API 2025-06-01) until SIGINT or SIGTERM.
+    """Serve an Azure Batch emulator (REST API 2025-06-01, and the older versions whose
+    description is shipped) until SIGINT or SIGTERM.
 
-    With --busy-every N, every Nth request is refused 503 ServerBusy (Retry-After: 1) unexecuted,
-    so that a client's retries can be tested.
+    The fault options are off by default; GET or POST /_emulator/faults on the same port (from
+    this machine only) reads and changes them while it runs.
     """
     from fanout_azure.emulator.server import BatchEmulator  # the spec loads: only when serving
+
+    faults = Faults(Busy(busy_every))
+    faults.busy.refuse_for(outage)
+    faults.node_start_s = node_start_seconds
+    faults.preempt_spot_after_s = preempt_spot_after
+    faults.unusable_after_s = unusable_after
+    faults.stale_resize_errors = stale_resize_errors
+    for item in lose_answers:
+        operation, _, count = item.partition(":")
+        if count and not count.isdecimal():
+            raise click.BadParameter(
+                f"{item!r}: N must be a whole number", param_hint="--lose-answers"
+            )
+        faults.lost.lose(operation, int(count or 1))
+    for item in resize_error:
+        pool, _, code = item.rpartition("=")
+        try:
+            faults.set_resize_error(code, pool or ALL_POOLS)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--resize-error") from None
 
     with tempfile.TemporaryDirectory(prefix="fanout-batch-emulator-") as scratch:
         emulator = BatchEmulator(
@@ -73,7 +149,7 @@ def batch_emulator(
             key,
             root or Path(scratch),
             request_log,
-            busy_every=busy_every,
+            faults=faults,
         )
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):

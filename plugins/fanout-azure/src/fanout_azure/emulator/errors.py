@@ -32,7 +32,7 @@ from email.utils import format_datetime
 from typing import Any, Final
 
 from fanout_azure.emulator.auth import AuthProblem
-from fanout_azure.emulator.spec import RequestProblem, get_spec
+from fanout_azure.emulator.spec import API_VERSIONS, LATEST_VERSION, RequestProblem, get_spec
 
 JSON_CONTENT_TYPE: Final = "application/json; odata=minimalmetadata"
 """The ``Content-Type`` of every JSON answer in the recordings (with the space)."""
@@ -178,8 +178,9 @@ def authentication_failed(problem: AuthProblem | str) -> BatchError:
     )
 
 
-def unsupported(method: str, path: str) -> BatchError:
-    """The answer for a request the emulator cannot serve; ``path`` is percent-decoded.
+def unsupported(method: str, path: str, version: str = LATEST_VERSION) -> BatchError:
+    """The answer for a request the emulator cannot serve; ``path`` is percent-decoded,
+    ``version`` the api-version the request declares.
 
     - an operation of the description that the emulator does not implement: 501
       ``NotImplemented`` (a Batch code; 501 is also a status azure-core does not retry);
@@ -188,7 +189,7 @@ def unsupported(method: str, path: str) -> BatchError:
     - a path the description does not have: 400 ``InvalidUri``, Storage's answer to a URI that
       names no resource (the Batch code list has the code, not the case).
     """
-    spec = get_spec()
+    spec = get_spec(version)
     operation = spec.match(method, path)
     if operation is not None:
         return BatchError(
@@ -240,4 +241,44 @@ def condition_not_met(*, read: bool = False) -> BatchError:
         304 if read else 412,
         "ConditionNotMet",
         "The condition specified using HTTP conditional header(s) is not met.",
+    )
+
+
+def api_version_error(version: str | None) -> BatchError | None:
+    """400 for a request without an api-version the emulator serves, as the service answers.
+
+    No ``api-version``: ``MissingRequiredQueryParameter`` (the service's answer quoted in
+    Azure/azure-sdk-for-js#22398); one it does not serve: ``InvalidQueryParameterValue``, what
+    a Batch account answered a client declaring a version that did not exist
+    (Azure/azure-sdk-for-python#19224), with the parameter named as for any query value.
+    """
+    if version is None:
+        return BatchError(
+            400,
+            "MissingRequiredQueryParameter",
+            "A query parameter that's mandatory for this request is not specified.",
+            {"QueryParameterName": "api-version"},
+        )
+    if version not in API_VERSIONS:
+        return BatchError(
+            400,
+            "InvalidQueryParameterValue",
+            "Value for one of the query parameters specified in the request URI is invalid.",
+            {
+                "QueryParameterName": "api-version",
+                "QueryParameterValue": version,
+                "Reason": f"The api-versions served are {', '.join(API_VERSIONS)}.",
+            },
+        )
+    return None
+
+
+def not_emulated(property_name: str, reason: str) -> BatchError:
+    """501 ``NotImplemented`` for a request the emulator cannot carry out faithfully: refused
+    rather than run differently (501 is a status azure-core does not retry)."""
+    return BatchError(
+        501,
+        "NotImplemented",
+        "The operation is not implemented.",
+        {"PropertyName": property_name, "Reason": reason},
     )

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fanout_azure.emulator.autoscale import Samples
 from fanout_azure.emulator.runtime import NodeIdentity, NodePaths, format_time
 
 DEFAULT_MAX_WALL_CLOCK = "P10675199DT2H48M5.4775807S"
@@ -40,7 +41,11 @@ _POOL_ECHOED = (
     "upgradePolicy",
     "autoScaleFormula",
     "autoScaleEvaluationInterval",
+    "resourceTags",
+    "targetNodeCommunicationMode",
 )
+"""Older versions' properties among them (``resourceTags``...) are left out of the answers to a
+version that does not have them (``shapes.project``)."""
 _TASK_ECHOED = (
     "displayName",
     "exitConditions",
@@ -202,6 +207,12 @@ class Pool(Versioned):
     created_nodes: int = 0
     auto_pool_of: str | None = None
     """The job whose auto-pool this is."""
+    resize_errors: list[dict[str, Any]] = field(default_factory=list)
+    samples: Samples = field(default_factory=Samples)
+    """Its metrics as its autoscale evaluations sampled them."""
+    auto_scale_run: dict[str, Any] | None = None
+    next_evaluation: float = 0.0
+    """When its autoscale formula is evaluated next (monotonic seconds)."""
 
     @property
     def slots_per_node(self) -> int:
@@ -229,6 +240,10 @@ class Pool(Versioned):
             "taskSlotsPerNode": self.slots_per_node,
             **copied,
         }
+        if self.resize_errors:
+            body["resizeErrors"] = self.resize_errors
+        if self.auto_scale_run is not None and body["enableAutoScale"]:
+            body["autoScaleRun"] = self.auto_scale_run
         body.setdefault("vmSize", "standard_d1_v2")
         body.setdefault("enableInterNodeCommunication", False)
         body.setdefault("taskSchedulingPolicy", {"nodeFillType": "spread"})

@@ -1,11 +1,13 @@
-"""The HTTP face of the emulator: the Batch REST API (api-version 2025-06-01) over plain http.
+"""The HTTP face of the emulator: the Batch REST API (the api-versions of ``spec.API_VERSIONS``)
+over plain http.
 
 Every request is authenticated with SharedKey as the service does it, matched to an operation of
 the official description, and its body validated against that description before an operation
 runs; what the emulator does not implement gets a Batch-shaped error. Answers carry the headers
 the service sends (``request-id``, ``ETag``, ``Last-Modified``, ...).
 
-Fault injection for clients' retry tests: with ``busy_every=N`` (``fanout batch-emulator
+Faults (see ``faults``) are set with the constructor's ``faults`` and from outside through the
+admin endpoint on the same port (see ``admin``). With ``busy_every=N`` (``fanout batch-emulator
 --busy-every N``), N > 0, every N-th request, counted over all requests, is answered 503
 ``ServerBusy`` with ``Retry-After: 1`` and not executed (not even authenticated). Such a refusal is
 logged like any answer (``METHOD PATH 503`` in the request log) and reported to the observer with
@@ -19,59 +21,35 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from fanout_azure.emulator import catalog, conditions, files
+from fanout_azure.emulator import admin, catalog, conditions, files, replies, shapes
 from fanout_azure.emulator.account import Account
 from fanout_azure.emulator.auth import verify
+from fanout_azure.emulator.controls import control_operations
 from fanout_azure.emulator.errors import (
     BatchError,
+    api_version_error,
     authentication_failed,
     body_too_large,
     invalid_request,
     server_busy,
     unsupported,
 )
-from fanout_azure.emulator.faults import RETRY_AFTER_S, Busy, LostAnswers
+from fanout_azure.emulator.faults import RETRY_AFTER_S, Busy, Faults
 from fanout_azure.emulator.model import Job, Task
-from fanout_azure.emulator.odata import parse_filter, select
-from fanout_azure.emulator.spec import Operation, match, request_error
+from fanout_azure.emulator.odata import select
+from fanout_azure.emulator.refusals import refusal
+from fanout_azure.emulator.replies import Reply, Request, changed, http_date
+from fanout_azure.emulator.spec import LATEST_VERSION, Operation, get_spec
 
-API_VERSION = "2025-06-01"
 MAX_BODY_BYTES = 1024 * 1024
 MAX_TASKS_PER_COLLECTION = 100
-DEFAULT_PAGE_SIZE = 1000
-MAX_PAGE_SIZE = 1000
-
-
-@dataclass
-class Reply:
-    """What an operation answers: status, JSON body (or bytes), extra headers."""
-
-    status: int
-    body: Any = None
-    headers: dict[str, str] | None = None
-    raw: bytes | None = None
-
-
-@dataclass
-class Request:
-    operation: Operation
-    query: dict[str, list[str]]
-    body: Any
-    path: str
-    headers: dict[str, str] = field(default_factory=dict)
-    """The request's headers, names in lower case."""
-
-    def param(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
 
 
 class BatchEmulator:
@@ -85,24 +63,34 @@ class BatchEmulator:
         key: str,
         root: Path,
         request_log: TextIO | None = None,
-        observer: Callable[[str, str, int, Any], None] | None = None,
+        observer: Callable[[str, str, int, Any, str], None] | None = None,
         busy_every: int = 0,
+        faults: Faults | None = None,
     ) -> None:
         self.key = key
         self.request_log = request_log
         self.observer = observer
-        """Called with (operationId or "", path, status, JSON body) for every answer."""
-        self.busy = Busy(busy_every)
+        """Called with (operationId or "", path, status, JSON body, api-version) for every
+        answer; the operationId is that of the description of the version the request
+        declared."""
+        self.faults = faults or Faults()
+        """Every fault knob (see ``faults``); ``busy_every`` sets ``faults.busy.every``."""
+        if busy_every:
+            self.faults.busy = Busy(busy_every)
+        self.busy = self.faults.busy
         """Every ``busy_every``-th request is refused 503 ``ServerBusy`` unexecuted (0: none)."""
-        self.lost = LostAnswers()
+        self.lost = self.faults.lost
         """Requests carried out whose answers are never sent."""
         self._log_lock = threading.Lock()
         handler = _handler_for(self)
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.endpoint = f"http://{host}:{self.httpd.server_address[1]}"
-        self.account = Account(account, self.endpoint, root)
-        self.operations: dict[str, Callable[[Request], Reply]] = _operations(self.account)
+        self.account = Account(account, self.endpoint, root, self.faults)
+        self.operations: dict[str, Callable[[Request], Reply]] = {
+            **_operations(self.account),
+            **control_operations(self.account),
+        }
 
     def serve_forever(self) -> None:
         self.httpd.serve_forever(poll_interval=0.2)
@@ -156,7 +144,20 @@ def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw_body = self.rfile.read(length) if length else b""
             self.operation_id = ""
+            self.api_version = LATEST_VERSION
             self.request_id = str(uuid.uuid4())
+            if parts.path.startswith(admin.PREFIX):  # never a Batch path, never a fault
+                status, document = admin.answer(
+                    emulator.account,
+                    emulator.faults,
+                    method,
+                    parts.path,
+                    raw_body,
+                    self.client_address[0],
+                )
+                self._send(method, Reply(status, document))
+                emulator.log(method, parts.path, status)
+                return
             try:
                 if emulator.busy.refuse():
                     raise server_busy(RETRY_AFTER_S)
@@ -173,7 +174,9 @@ def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
                 self._send(method, reply)
             emulator.log(method, parts.path, reply.status)
             if emulator.observer is not None:
-                emulator.observer(self.operation_id, parts.path, reply.status, reply.body)
+                emulator.observer(
+                    self.operation_id, parts.path, reply.status, reply.body, self.api_version
+                )
 
         def _answer(
             self, method: str, raw_path: str, query: dict[str, list[str]], raw_body: bytes
@@ -182,24 +185,28 @@ def _handler_for(emulator: BatchEmulator) -> type[BaseHTTPRequestHandler]:
             problem = verify(method, raw_path, query, headers, emulator.account.name, emulator.key)
             if problem is not None:
                 raise authentication_failed(problem)
-            operation = match(method, unquote(raw_path))
+            versions = query.get("api-version") or []
+            refused = api_version_error(versions[0] if versions else None)
+            if refused is not None:
+                raise refused
+            version = self.api_version = versions[0]
+            path = unquote(raw_path)
+            declared = get_spec(version).match(method, path)
+            if declared is None:
+                raise unsupported(method, path, version)
+            self.operation_id = declared.operation_id
+            operation = get_spec().match(method, path)  # the newest version names the handlers
             if operation is None or operation.operation_id not in emulator.operations:
-                raise unsupported(method, unquote(raw_path))
-            self.operation_id = operation.operation_id
+                raise unsupported(method, path, version)
             if len(raw_body) > MAX_BODY_BYTES:
                 raise body_too_large()
-            body: Any = None
-            if operation.body_schema is not None:
-                try:
-                    body = json.loads(raw_body or b"null")
-                except ValueError:
-                    body = raw_body
-                trouble = request_error(operation, body)
-                if trouble is not None:
-                    raise invalid_request(trouble)
-            return emulator.operations[operation.operation_id](
-                Request(operation, query, body, unquote(raw_path), headers)
+            body = _read_body(declared, operation, raw_body, version)
+            reply = emulator.operations[operation.operation_id](
+                Request(operation, query, body, path, headers)
             )
+            if isinstance(reply.body, dict):
+                reply.body = _project(declared, reply, version)
+            return reply
 
         def _send(self, method: str, reply: Reply) -> None:
             payload = reply.raw if reply.raw is not None else b""
@@ -237,42 +244,24 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
             201,
             headers={
                 "ETag": etag,
-                "Last-Modified": _http_date(modified),
+                "Last-Modified": http_date(modified),
                 "Location": url,
                 "DataServiceId": url,
             },
         )
 
     def updated(url: str, etag: str, modified: str) -> Reply:
-        return Reply(
-            200,
-            headers={"ETag": etag, "Last-Modified": _http_date(modified), "DataServiceId": url},
-        )
+        return changed(200, url, etag, modified)
 
     def entity(document: dict[str, Any], request: Request, etag: str, modified: str) -> Reply:
         return Reply(
             200,
             select(document, request.param("$select")),
-            {"ETag": etag, "Last-Modified": _http_date(modified)},
+            {"ETag": etag, "Last-Modified": http_date(modified)},
         )
 
     def listing(documents: list[dict[str, Any]], request: Request) -> Reply:
-        text = request.param("$filter")
-        if text:
-            keep = parse_filter(text)
-            documents = [document for document in documents if keep(document)]
-        size = _query_int(request, "maxresults", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
-        start = _query_int(request, "$skiptoken", 0, 0, len(documents))
-        page = [
-            select(document, request.param("$select"))
-            for document in documents[start : start + size]
-        ]
-        body: dict[str, Any] = {"value": page}
-        if start + size < len(documents):
-            query = {k: v[0] for k, v in request.query.items() if k != "$skiptoken"}
-            query["$skiptoken"] = str(start + size)
-            body["odata.nextLink"] = f"{base}{request.path}?{urlencode(query)}"
-        return Reply(200, body)
+        return replies.listing(documents, request, base)
 
     def path(request: Request, name: str) -> str:
         return request.operation.path_params[name]
@@ -494,20 +483,33 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
     }
 
 
-def _query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    """An integer query parameter in ``low..high``; 400 ``InvalidQueryParameterValue`` if not."""
-    text = request.param(name)
-    if text is None:
-        return default
-    value = int(text) if text.isdecimal() else low - 1
-    if not low <= value <= high:
-        raise BatchError(
-            400,
-            "InvalidQueryParameterValue",
-            "Value for one of the query parameters specified in the request URI is invalid.",
-            {"QueryParameterName": name, "QueryParameterValue": text},
-        )
-    return value
+def _read_body(declared: Operation, operation: Operation, raw: bytes, version: str) -> Any:
+    """The body as the service reads it, checked against the declared version's description,
+    its enums spelt as the newest version does (the account keeps that spelling); 400 or 501
+    (see ``refusals``) when the service, or the emulator, would not take it."""
+    if declared.body_schema is None:
+        return None
+    body, trouble = get_spec(version).read_request(declared, raw or None)
+    if trouble is not None:
+        raise invalid_request(trouble)
+    refused = refusal(body)
+    if refused is not None:
+        raise refused
+    definition = operation.body_definition
+    if definition is not None and body is not None:
+        body = shapes.respell(get_spec().definitions, definition, body)
+    return body
+
+
+def _project(declared: Operation, reply: Reply, version: str) -> Any:
+    """An answer built in the newest version's shapes, as the declared version shows it: what
+    that version does not define left out (a pool created by a 2024 client keeps its
+    ``resourceTags``, which a 2025-06-01 answer does not have), enums spelt its way."""
+    spec = get_spec(version)
+    definition = spec.response_definition(declared.operation_id, reply.status)
+    if definition is None:
+        return reply.body
+    return shapes.project(spec.definitions, definition, reply.body)
 
 
 def _internal_error() -> BatchError:
@@ -525,9 +527,3 @@ def _task_directory(account: Account, request: Request) -> Path | None:
     if node is None:
         return None
     return node.paths.task_dir(task.job_id, task.id)
-
-
-def _http_date(timestamp: str) -> str:
-    """An RFC 3339 time (``...T06:26:59.41364Z``) as an HTTP date."""
-    moment = datetime.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    return format_datetime(moment, usegmt=True)

@@ -1,9 +1,12 @@
-"""The official Azure Batch REST description (2025-06-01) as the emulator's source of truth.
+"""The official Azure Batch REST descriptions as the emulator's source of truth.
 
-``match`` maps a request to the description's operation, ``request_error`` checks a request
-body the way the service does and names the first fault with the service's own error code, and
-``response_problems`` checks an answer STRICTLY against the description (the tests use it on
-every answer the emulator sends).
+One description per API version the emulator serves (``API_VERSIONS``, in ``spec/<version>/``):
+a request is read and checked against the description of the version it declares, and answered
+in that version's shapes. ``match`` maps a request to the description's operation,
+``read_request`` reads a request body the way the service does (strings converted where a
+number or boolean is expected, see ``shapes``) and names the first fault with the service's own
+error code, and ``response_problems`` checks an answer STRICTLY against the description (the
+tests use it on every answer the emulator sends).
 
 The Swagger 2.0 definitions become two JSON Schema (Draft 4) documents, each registered in a
 ``referencing`` registry and validated through precompiled validators, one per definition:
@@ -27,6 +30,9 @@ Evidence for the request rules (kept here because they decide what a client sees
   the inner exception for more details." (Azure/azure-powershell#12147) and "An unexpected
   'StartObject' node was found when reading from the JSON reader. A 'PrimitiveValue' node was
   expected." (Azure/doAzureParallel#211). A body that is not JSON at all is the same code.
+- A JSON string where a number or a boolean is expected is read as that type when it converts
+  (the Azure CLI sends ``"targetDedicatedNodes": "2"`` and the service creates the pool; see
+  ``shapes.convert``); only a string that does not convert is the type error above.
 - Missing required properties are ``MissingRequiredProperty`` ("A required property was not
   specified in the request body.", Batch status and error codes page), with a
   ``PropertyName`` value like the one in the recorded ``InvalidPropertyValue``.
@@ -52,6 +58,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.resources
+import importlib.resources.abc
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -69,6 +76,22 @@ from jsonschema.validators import extend  # type: ignore[import-untyped, unused-
 from referencing import Registry
 from referencing.jsonschema import DRAFT4
 
+from fanout_azure.emulator import shapes
+
+LATEST_VERSION: Final = "2025-06-01"
+"""The version the emulator's objects are kept in; answers to older versions are projected."""
+KNOWN_VERSIONS: Final = (LATEST_VERSION, "2024-07-01.20.0", "2024-02-01.19.0")
+"""The api-versions the emulator can serve, newest first, given each one's description in
+``spec/<version>/BatchService.json``."""
+
+
+def _description(version: str) -> importlib.resources.abc.Traversable:
+    resource = importlib.resources.files(__package__ or "fanout_azure.emulator")
+    return resource.joinpath("spec", version, "BatchService.json")
+
+
+API_VERSIONS: Final = tuple(v for v in KNOWN_VERSIONS if _description(v).is_file())
+"""The api-versions served: those whose description is shipped (see ``spec/README.md``)."""
 RESPONSE_URI: Final = "urn:fanout-azure:batch:response"
 REQUEST_URI: Final = "urn:fanout-azure:batch:request"
 GREEDY_PARAMETERS: Final = frozenset({"filePath"})
@@ -193,10 +216,11 @@ def _definition_name(ref: str) -> str | None:
 
 
 @functools.cache
-def load_spec() -> dict[str, Any]:
-    """The description, read once from ``spec/BatchService.json`` next to this module."""
-    resource = importlib.resources.files(__package__ or "fanout_azure.emulator")
-    text = resource.joinpath("spec", "BatchService.json").read_text(encoding="utf-8")
+def load_spec(version: str = LATEST_VERSION) -> dict[str, Any]:
+    """A version's description, read once from ``spec/<version>/BatchService.json``."""
+    if version not in API_VERSIONS:
+        raise ValueError(f"no description of api-version {version!r} (served: {API_VERSIONS})")
+    text = _description(version).read_text(encoding="utf-8")
     document: dict[str, Any] = json.loads(text)
     return document
 
@@ -206,6 +230,7 @@ class BatchSpec:
 
     def __init__(self, document: Mapping[str, Any]) -> None:
         self.document = document
+        self.version: str = document["info"]["version"]
         self.definitions: Mapping[str, Any] = document["definitions"]
         _refuse_polymorphism(self.definitions)
         self._routes = _routes(document)
@@ -265,34 +290,46 @@ class BatchSpec:
     # Requests
 
     def request_error(self, operation: Operation, body: object) -> RequestProblem | None:
-        """The first fault of ``body`` for ``operation``, or ``None`` if the service takes it.
+        """The first fault of ``body`` for ``operation``, or ``None`` if the service takes it."""
+        return self.read_request(operation, body)[1]
+
+    def read_request(self, operation: Operation, body: object) -> tuple[Any, RequestProblem | None]:
+        """``body`` as the service reads it for ``operation``, and its first fault if any.
 
         ``body`` is the parsed JSON; raw ``bytes``/``str`` are parsed here (a body that is not
         JSON is ``InvalidRequestBody``). ``None`` or an empty body means "no body", a fault
-        only where the description requires one.
+        only where the description requires one. What is read drops ``null`` properties and
+        OData annotations and converts strings where numbers or booleans are expected
+        (``shapes.convert``); it is what the account should act on.
         """
         if operation.body_schema is None:
-            return None
+            return None, None
         if isinstance(body, bytes | bytearray | str):
             if not body:
                 body = None
             else:
                 parsed = _parse_json(body)
                 if isinstance(parsed, RequestProblem):
-                    return parsed
+                    return None, parsed
                 body = parsed
         if body is None:
             if operation.body_required:
-                return _unreadable("The request body is empty; a JSON object was expected.")
-            return None
+                return None, _unreadable("The request body is empty; a JSON object was expected.")
+            return None, None
         definition = operation.body_definition
         if definition is None:
-            return None
-        cleaned = _readable(body)
+            return body, None
+        cleaned = shapes.convert(self.definitions, definition, _readable(body))
         if self._lenient.is_valid(definition, cleaned):
-            return None
+            return cleaned, None
         errors = self._lenient.validator(definition).iter_errors(cast(Any, cleaned))
-        return _first_problem(errors, cleaned)
+        return cleaned, _first_problem(errors, cleaned)
+
+    def response_definition(self, operation_id: str, status: int) -> str | None:
+        """The definition an answer of ``operation_id`` with ``status`` follows, if any."""
+        responses = self._responses.get(operation_id, {})
+        schema = responses.get(str(status)) or (responses.get("default") if status >= 400 else None)
+        return _definition_name(str((schema or {}).get("$ref", "")))
 
     # Responses
 
@@ -904,28 +941,37 @@ def _json_path(path: Any) -> str:
 
 
 @functools.cache
-def get_spec() -> BatchSpec:
-    """The description of ``spec/BatchService.json``, compiled once."""
-    return BatchSpec(load_spec())
+def get_spec(version: str = LATEST_VERSION) -> BatchSpec:
+    """The description of ``version`` (one of ``API_VERSIONS``), compiled once."""
+    return BatchSpec(load_spec(version))
 
 
-def match(method: str, path: str) -> Operation | None:
-    """``BatchSpec.match`` on the packaged description."""
-    return get_spec().match(method, path)
+def match(method: str, path: str, *, version: str = LATEST_VERSION) -> Operation | None:
+    """``BatchSpec.match`` on the packaged description of ``version``."""
+    return get_spec(version).match(method, path)
 
 
-def request_error(operation: Operation, body: object) -> RequestProblem | None:
-    """``BatchSpec.request_error`` on the packaged description."""
-    return get_spec().request_error(operation, body)
+def request_error(
+    operation: Operation, body: object, *, version: str = LATEST_VERSION
+) -> RequestProblem | None:
+    """``BatchSpec.request_error`` on the packaged description of ``version``."""
+    return get_spec(version).request_error(operation, body)
 
 
 def response_problems(
-    operation_id: str, status: int, body: object, *, where: str | None = None
+    operation_id: str,
+    status: int,
+    body: object,
+    *,
+    where: str | None = None,
+    version: str = LATEST_VERSION,
 ) -> list[str]:
-    """``BatchSpec.response_problems`` on the packaged description."""
-    return get_spec().response_problems(operation_id, status, body, where=where)
+    """``BatchSpec.response_problems`` on the packaged description of ``version``."""
+    return get_spec(version).response_problems(operation_id, status, body, where=where)
 
 
-def definition_problems(definition: str, instance: object, *, where: str = "") -> list[str]:
-    """``BatchSpec.definition_problems`` on the packaged description."""
-    return get_spec().definition_problems(definition, instance, where=where)
+def definition_problems(
+    definition: str, instance: object, *, where: str = "", version: str = LATEST_VERSION
+) -> list[str]:
+    """``BatchSpec.definition_problems`` on the packaged description of ``version``."""
+    return get_spec(version).definition_problems(definition, instance, where=where)
