@@ -43,7 +43,7 @@ class TaskState(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResourceFile:
     """A file a node downloads from ``url`` to ``path`` before running something."""
 
@@ -51,7 +51,7 @@ class ResourceFile:
     path: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OutputFile:
     """Files matching ``pattern`` in the working directory, uploaded under ``destination``.
 
@@ -66,7 +66,7 @@ class OutputFile:
     destination: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PoolSpec:
     """The nodes a run needs: what each one receives once and runs once."""
 
@@ -75,7 +75,7 @@ class PoolSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One task, as the backend runs it.
 
@@ -95,7 +95,7 @@ class TaskSpec:
     ``stderr.txt`` (a URL prefix like an output destination's, outside the outputs)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskUpdate:
     """A change in a task's state, as reported by ``Backend.poll``.
 

@@ -16,6 +16,7 @@ snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import secrets
@@ -36,7 +37,7 @@ RECORD_NAME = "fanout-run.json"
 SNAPSHOT_NAME = "ledger.json"
 
 
-@dataclass
+@dataclass(slots=True)
 class OutputRecord:
     """One collected file: its path relative to the output directory, size and md5."""
 
@@ -44,8 +45,11 @@ class OutputRecord:
     bytes: int
     md5: str
 
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "bytes": self.bytes, "md5": self.md5}
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class FileRecord:
     """An input or app file as the run staged it, to tell on ``--resume`` whether it changed:
     size and modification time first (cheap), md5 when they differ."""
@@ -55,7 +59,7 @@ class FileRecord:
     mtime_ns: int
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRecord:
     """What is known about one task. ``state`` is pending, running, succeeded or failed."""
 
@@ -84,7 +88,9 @@ class TaskRecord:
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: its deep copies dominate a run of many quick tasks.
-        return {**vars(self), "outputs": [vars(output) for output in self.outputs]}
+        record = {name: getattr(self, name) for name in self.__slots__}
+        record["outputs"] = [output.to_json() for output in self.outputs]
+        return record
 
     def reset(self) -> None:
         """Forget a previous attempt, so that the task runs again."""
@@ -257,7 +263,7 @@ class Ledger:
             "leftovers": self.leftovers,
             "setup": self.setup,
             "env": self.env,
-            "files": {name: vars(digest) for name, digest in self.files.items()},
+            "files": {name: dataclasses.asdict(digest) for name, digest in self.files.items()},
             "tasks": [task.to_json() for task in self.tasks.values()],
         }
 

@@ -23,7 +23,7 @@ GLOB_FLAGS = glob.GLOBSTAR | glob.GLOBTILDE
 """``**`` for any depth, ``~`` for the home directory; ``*`` skips hidden files, as in a shell."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedTask:
     """One task: its input files (one, unless ``[job] inputs_per_task`` says more) and the
     command that processes them."""

@@ -35,7 +35,7 @@ LISTING_PAGE = 1000
 """Entries a storage listing returns per request, at least (S3: 1,000; Azure Blob: 5,000)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Digest:
     """Size and md5 of some bytes."""
 
@@ -43,7 +43,7 @@ class Digest:
     md5: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StagedFile:
     """A local file and where its bytes are in storage."""
 

@@ -243,6 +243,8 @@ class LocalBackend(Backend):
                 finished=time.time(),
             )
         )
+        if state is TaskState.SUCCEEDED:
+            self._last_attempt.pop(task.id, None)  # logs are asked for failed tasks only
         if state is TaskState.SUCCEEDED and not self._keep:
             # Its outputs are in storage: remove its directory now, off the slot's path,
             # rather than all of them in a long teardown.
