@@ -278,6 +278,10 @@ class Task(Versioned):
     def required_slots(self) -> int:
         return int(self.spec.get("requiredSlots", 1))
 
+    def summary(self) -> dict[str, Any]:
+        """The few properties of ``to_json`` a listing's ``$filter`` usually reads, cheaply."""
+        return {"id": self.id, "state": self.state, "stateTransitionTime": self.state_changed}
+
     def to_json(self, base_url: str, constraints: dict[str, Any]) -> dict[str, Any]:
         copied = _echoed(self.spec, _TASK_ECHOED)
         body: dict[str, Any] = {

@@ -53,6 +53,19 @@ def parse_filter(text: str) -> Predicate:
     return predicate
 
 
+_KEYWORDS = frozenset({"and", "or", "not", "startswith", *_COMPARISONS})
+
+
+def filter_properties(text: str) -> frozenset[str]:
+    """The top-level properties a ``$filter`` reads (``executionInfo`` for
+    ``executionInfo/result eq 'success'``): a listing can filter on just those."""
+    return frozenset(
+        value.split("/", 1)[0]
+        for kind, value in _tokenize(text)
+        if kind == "word" and value.lower() not in _KEYWORDS
+    )
+
+
 def select(document: dict[str, Any], fields: str | None) -> dict[str, Any]:
     """``document`` with only the properties ``$select`` names (``a`` or ``a/b``)."""
     if not fields:

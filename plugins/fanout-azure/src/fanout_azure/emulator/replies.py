@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from fanout_azure.emulator.errors import BatchError
-from fanout_azure.emulator.odata import parse_filter, select
+from fanout_azure.emulator.odata import filter_properties, parse_filter, select
 from fanout_azure.emulator.spec import Operation
 
 DEFAULT_PAGE_SIZE = 1000
@@ -54,20 +55,42 @@ def changed(status: int, url: str, etag: str, modified: str) -> Reply:
     )
 
 
+T = TypeVar("T")
+
+
 def listing(documents: list[dict[str, Any]], request: Request, base_url: str) -> Reply:
     """A listing as the service pages it: ``$filter``, ``$select``, ``maxresults``, then
     ``odata.nextLink`` with a ``$skiptoken`` while documents are left."""
+    return lazy_listing(documents, lambda document: document, None, request, base_url)
+
+
+def lazy_listing(
+    items: Sequence[T],
+    document_of: Callable[[T], dict[str, Any]],
+    summary_of: Callable[[T], dict[str, Any]] | None,
+    request: Request,
+    base_url: str,
+) -> Reply:
+    """``listing`` of ``items``, each made a document only if it is on the page: a
+    ``$filter`` that reads only what ``summary_of`` gives (a few cheap properties) is
+    applied to that, so that listing a page of a big job costs the page, not the job."""
     text = request.param("$filter")
     if text:
         keep = parse_filter(text)
-        documents = [document for document in documents if keep(document)]
+        if (
+            summary_of is not None
+            and items
+            and filter_properties(text) <= summary_of(items[0]).keys()
+        ):
+            items = [item for item in items if keep(summary_of(item))]
+        else:
+            items = [item for item in items if keep(document_of(item))]
     size = _query_int(request, "maxresults", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
-    start = _query_int(request, "$skiptoken", 0, 0, len(documents))
-    page = [
-        select(document, request.param("$select")) for document in documents[start : start + size]
-    ]
+    start = _query_int(request, "$skiptoken", 0, 0, len(items))
+    fields = request.param("$select")
+    page = [select(document_of(item), fields) for item in items[start : start + size]]
     body: dict[str, Any] = {"value": page}
-    if start + size < len(documents):
+    if start + size < len(items):
         query = {k: v[0] for k, v in request.query.items() if k != "$skiptoken"}
         query["$skiptoken"] = str(start + size)
         body["odata.nextLink"] = f"{base_url}{request.path}?{urlencode(query)}"

@@ -401,12 +401,17 @@ def _operations(account: Account) -> dict[str, Callable[[Request], Reply]]:
         return Reply(200, {"value": results})
 
     def list_tasks(request: Request) -> Reply:
+        """A page of the job's tasks: filtered on their summaries where the ``$filter``
+        allows, and only the page made documents (under the lock, so that a task's state
+        cannot change between the filter and its document)."""
         job = account.job(path(request, "jobId"))
+
+        def document(task: Task) -> dict[str, Any]:
+            return task.to_json(base, job.task_constraints(task))
+
         with account._lock:
-            documents = [
-                task.to_json(base, job.task_constraints(task)) for task in job.tasks.values()
-            ]
-        return listing(documents, request)
+            tasks = list(job.tasks.values())
+            return replies.lazy_listing(tasks, document, Task.summary, request, base)
 
     def get_task(request: Request) -> Reply:
         job = account.job(path(request, "jobId"))
