@@ -3,6 +3,10 @@ died, and ``fanout clean``."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,6 +116,35 @@ def test_clean_exits_1_when_something_could_not_be_deleted_and_deletes_the_rest(
         "fanout: error: 1 of 2 could not be deleted; run fanout clean again later to retry"
     ]
     assert received.count("Pools_DeletePool") == 1
+
+
+def test_ctrl_c_during_clean_says_what_it_means(
+    batch: Running, batch_env: dict[str, str], tmp_path: Path
+) -> None:
+    client = batch.client()
+    mark = [m.BatchMetadataItem(name="fanout-run", value="20261125-000000-dead")]
+    make_pool(client, "theirs")
+    client.create_job(
+        m.BatchJobCreateOptions(
+            id="left", pool_info=m.BatchPoolInfo(pool_id="theirs"), metadata=mark
+        )
+    )
+    batch.emulator.account.terminate_job("left")
+    wait_until(lambda: client.get_job("left").state == "completed")
+    batch.emulator.lost.lose("Jobs_DeleteJob", 100)  # the delete hangs on in retries
+    command = [sys.executable, "-m", "fanout", "clean", "--backend", "azure-batch"]
+    clean = subprocess.Popen(
+        command, cwd=tmp_path, env={**os.environ, **batch_env}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_until(lambda: any("DELETE /jobs/left" in line for line in batch.requests()))
+    clean.send_signal(signal.SIGINT)
+    _, stderr = clean.communicate(timeout=30)
+    assert clean.returncode == 130
+    assert stderr.splitlines() == [
+        "fanout: interrupted; what is listed above was dealt with, run fanout clean again for"
+        " the rest"
+    ]
 
 
 def test_resume_after_the_client_died_runs_no_task_twice(

@@ -133,7 +133,10 @@ def clean_command(job_file: Path | None, backend: str, dry_run: bool, everything
     Only resources carrying fanout's marks are touched. JOB_FILE supplies the backend's
     settings ([backends.NAME]); without it they come from the environment.
     """
-    with _user_errors(), interruptible():
+    stopped = (
+        "interrupted; what is listed above was dealt with, run fanout clean again for the rest"
+    )
+    with _user_errors(stopped), interruptible():
         job = load_job(job_file) if job_file is not None else None
         backend_cls = get_backend(backend, get_plugin_manager())
         settings = backend_settings(backend_cls, job, RunOptions(backend=backend))
@@ -162,15 +165,18 @@ def clean_command(job_file: Path | None, backend: str, dry_run: bool, everything
 
 
 @contextmanager
-def _user_errors() -> Iterator[None]:
-    """Report a ``FanoutError`` as one line on stderr and exit with its status."""
+def _user_errors(
+    interrupted: str = "interrupted before the run started; nothing was created",
+) -> Iterator[None]:
+    """Report a ``FanoutError`` as one line on stderr and exit with its status; a Ctrl-C
+    (``Interrupted``) as ``interrupted`` says."""
     try:
         yield
     except FanoutError as exc:
         click.echo(f"fanout: error: {one_line(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except Interrupted as stop:
-        click.echo("fanout: interrupted before the run started; nothing was created", err=True)
+        click.echo(f"fanout: {interrupted}", err=True)
         sys.exit(stop.exit_code)
 
 
