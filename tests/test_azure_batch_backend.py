@@ -66,6 +66,8 @@ def test_settings_defaults() -> None:
     assert settings.pool_id is None
     assert settings.keep_pool is False
     assert settings.poll_interval == 5.0
+    assert (settings.allocation_timeout, settings.spot_fallback) == (900.0, False)
+    assert AzureBatchSettings(allocation_timeout="3s").allocation_timeout == 3.0
     assert all(field.description for field in AzureBatchSettings.model_fields.values())
 
 
@@ -76,6 +78,7 @@ def test_settings_defaults() -> None:
         ({"spot_nodes": -1}, "spot_nodes"),
         ({"slots": 0}, "slots"),
         ({"poll_interval": 0}, "poll_interval"),
+        ({"allocation_timeout": "soon"}, "allocation_timeout"),
         ({"image": "canonical/jammy"}, "image"),
         ({"access_key": "secret"}, "access_key"),
     ],

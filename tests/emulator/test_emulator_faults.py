@@ -105,6 +105,26 @@ def test_resize_errors_go_with_a_later_successful_resize_unless_stale(batch: Run
     assert [e.code for e in pool.resize_errors] == ["AllocationTimedout"]  # stale, left over
 
 
+def test_the_low_priority_quota_fails_only_spot_growth(batch: Running) -> None:
+    client = batch.client()
+    admin(batch.endpoint, {"resizeErrors": {"*": "AccountLowPriorityCoreQuotaReached"}})
+    pool_of(client, "p", dedicated=1, spot=2)
+    pool = steady(client, "p")
+    assert (pool.current_dedicated_nodes, pool.current_low_priority_nodes) == (1, 0)
+    assert [e.code for e in pool.resize_errors] == ["AccountLowPriorityCoreQuotaReached"]
+
+
+def test_a_stuck_resize_stays_resizing_with_nothing_coming(batch: Running) -> None:
+    client = batch.client()
+    admin(batch.endpoint, {"stuckResizes": True})
+    pool_of(client, "p", dedicated=1)
+    time.sleep(1)
+    pool = client.get_pool("p")
+    assert (pool.allocation_state, pool.resize_errors) == ("resizing", None)
+    assert list(client.list_nodes("p")) == []
+    client.begin_delete_pool("p", polling_interval=0.2).result()  # a stuck pool still goes
+
+
 def test_nodes_that_take_seconds_to_come_up(batch: Running) -> None:
     client = batch.client()
     admin(batch.endpoint, {"nodeStartSeconds": 1.5})
@@ -260,6 +280,7 @@ def served(tmp_path: Path, *options: str) -> Iterator[tuple[str, BatchClient]]:
 def test_the_command_sets_every_knob_from_the_start(tmp_path: Path) -> None:
     options = (
         *("--resize-error", "quota=AccountCoreQuotaReached", "--stale-resize-errors"),
+        "--stuck-resizes",
         *("--node-start-seconds", "0.5", "--preempt-spot-after", "1", "--unusable-after", "30"),
         *("--busy-every", "0", "--outage", "0", "--lose-answers", "Jobs_CreateJob:2"),
     )
@@ -270,10 +291,12 @@ def test_the_command_sets_every_knob_from_the_start(tmp_path: Path) -> None:
             "loseAnswers": {"Jobs_CreateJob": 2},
             "resizeErrors": {"quota": "AccountCoreQuotaReached"},
             "staleResizeErrors": True,
+            "stuckResizes": True,
             "nodeStartSeconds": 0.5,
             "preemptSpotAfterSeconds": 1.0,
             "unusableAfterSeconds": 30.0,
         }
+        admin(endpoint, {"stuckResizes": False})
         pool_of(client, "quota", dedicated=1)
         assert [e.code for e in steady(client, "quota").resize_errors] == [
             "AccountCoreQuotaReached"

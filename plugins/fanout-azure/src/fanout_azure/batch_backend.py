@@ -198,7 +198,9 @@ class AzureBatchBackend(Backend):
             if active and self._nodes is None:
                 info, auto = job.execution_info, job.pool_info.auto_pool_specification
                 pool_id = info.pool_id if info is not None else None
-                self._nodes = NodeWatcher(self.client, job_id, pool_id, auto_pool=auto is not None)
+                self._nodes = NodeWatcher(
+                    self.client, job_id, pool_id, self._settings, auto_pool=auto is not None
+                )
         log.info("job %s (%s): %d tasks adopted", job_id, wire_value(job.state), len(mine))
         return {u.task_id for u in updates}
 
@@ -239,7 +241,7 @@ class AzureBatchBackend(Backend):
         self._lease.start()
         self._monitors.append(TaskMonitor(self.client, self.job_id))
         self._nodes = NodeWatcher(
-            self.client, self.job_id, self._pool_id, auto_pool=self._pool_id is None
+            self.client, self.job_id, self._pool_id, self._settings, auto_pool=self._pool_id is None
         )
         where = self._pool_id or f"an auto-pool of {self._settings.vm_size}"
         log.info("job %s on %s", self.job_id, where)

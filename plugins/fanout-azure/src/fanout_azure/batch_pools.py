@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from fanout.backend import PoolSpec, setup_script
 from fanout.errors import BackendError, SetupError
+from fanout_azure.batch_allocation import Allocation
 from fanout_azure.batch_calls import resent
 from fanout_azure.batch_settings import AzureBatchSettings
 from fanout_azure.batch_tasks import SHARED_APP_DIR, environment, resource_files, wire_value
@@ -196,16 +197,22 @@ class NodeWatcher:
     thousand nodes), plus the stderr of each node whose start task newly failed."""
 
     def __init__(
-        self, client: BatchClient, job_id: str, pool_id: str | None, *, auto_pool: bool
+        self,
+        client: BatchClient,
+        job_id: str,
+        pool_id: str | None,
+        settings: AzureBatchSettings,
+        *,
+        auto_pool: bool,
     ) -> None:
         """``pool_id`` None: the job's auto-pool, whose id the job tells once it has one."""
         self.client = client
         self.job_id = job_id
         self.pool_id = pool_id
         self.auto_pool = auto_pool
+        self.allocation = Allocation(settings)
         self._reported_failures: set[str] = set()
         self._reported_unusable: set[str] = set()
-        self._reported_errors: set[str] = set()
         self._gone = False
 
     def poll(self) -> NodeWatch:
@@ -237,13 +244,16 @@ class NodeWatcher:
                 "resizeErrors",
                 "targetDedicatedNodes",
                 "targetLowPriorityNodes",
+                "currentDedicatedNodes",
+                "currentLowPriorityNodes",
                 "enableAutoScale",
+                "vmSize",
             ],
         )
         nodes = list(self.client.list_nodes(self.pool_id, select=["id", "state", "startTaskInfo"]))
-        self._check_allocation(pool, nodes)
         states = [wire_value(node.state) for node in nodes]
         ready = sum(state in READY_STATES for state in states)
+        self.allocation.check(pool, nodes, ready)
         failed = [n for n in nodes if wire_value(n.state) == "starttaskfailed"]
         failures = [self._setup_failure(n) for n in failed if n.id not in self._reported_failures]
         self._reported_failures |= {n.id for n in failed}
@@ -267,16 +277,6 @@ class NodeWatcher:
                 "node %s of pool %s is unusable; Batch may recover it", node_id, self.pool_id
             )
         self._reported_unusable = set(unusable)
-
-    def _check_allocation(self, pool: Any, nodes: list[Any]) -> None:
-        """Report each resize error once; with no node and none coming, stop the run."""
-        errors = [f"{e.code}: {e.message}" for e in pool.resize_errors or []]
-        for error in errors:
-            if error not in self._reported_errors:
-                log.warning("pool %s could not get all its nodes: %s", pool.id, error)
-        self._reported_errors |= set(errors)
-        if errors and not nodes and wire_value(pool.allocation_state) == "steady":
-            raise BackendError(f"pool '{pool.id}' got no nodes: {errors[0]}")
 
     def _setup_failure(self, node: Any) -> str:
         info = node.start_task_info

@@ -83,6 +83,13 @@ class AzureBatchSettings(BaseModel):
             " auto-pool. Once every task is in, the job ends when its tasks have."
         ),
     )
+    allocation_timeout: Duration = Field(
+        default=900.0,
+        description=(
+            "How long the run waits for a node to be ready (from when the job's pool is"
+            " first seen with none ready, and again whenever none is) before it stops."
+        ),
+    )
 
     @model_validator(mode="after")
     def _kept_pool_has_a_name(self) -> AzureBatchSettings:

@@ -199,11 +199,14 @@ class Account:
         leaving: list[Node] = []
         with self._lock:
             error = None
+            stuck = False
             for dedicated, target in ((True, pool.target_dedicated), (False, pool.target_spot)):
                 current = [node for node in pool.nodes if node.dedicated == dedicated]
                 if target > len(current):
-                    error = error or self.faults.resize_error(pool.id)
-                    if error is None:
+                    failure = self.faults.resize_error(pool.id, dedicated)
+                    error = error or failure
+                    stuck = stuck or self.faults.stuck_resizes
+                    if failure is None and not self.faults.stuck_resizes:
                         new_nodes += [
                             self._add_node(pool, dedicated) for _ in range(target - len(current))
                         ]
@@ -214,7 +217,8 @@ class Account:
                 pool.resize_errors = []
         for node in new_nodes:
             self._spawn(self._boot, node)
-        self._finish_resize(pool, leaving)
+        if not stuck:  # a stuck resize stays under way until the pool goes
+            self._finish_resize(pool, leaving)
 
     def _finish_resize(self, pool: Pool, leaving: list[Node]) -> None:
         """Once the ``leaving`` nodes run nothing, take them out: the pool is steady again."""

@@ -15,6 +15,7 @@ Keys (all optional; a document with one wrong key or value changes nothing, 400)
 - ``resizeErrors``: ``{"*": "AccountCoreQuotaReached", "pool-1": null}``, by pool id or ``*``
   for every pool, a code of ``faults.RESIZE_ERRORS`` or ``null`` to stop;
 - ``staleResizeErrors``: ``true`` keeps a pool's resize errors after a later resize succeeds;
+- ``stuckResizes``: ``true`` leaves every resize that would add nodes ``resizing``, adding none;
 - ``nodeStartSeconds``: how long a new node takes to come up;
 - ``preemptSpotAfterSeconds``, ``unusableAfterSeconds``: seconds after a node comes up, or
   ``null`` for never (nodes that came up before are not affected);
@@ -113,16 +114,17 @@ def _setting(key: str, value: Any) -> Callable[[Faults], None]:
                 faults.set_resize_error(code, pool)
 
         return fail
-    if key == "staleResizeErrors":
+    if key in _SWITCHES:
         if not isinstance(value, bool):
             raise ValueError(f"{key} must be true or false")
-        return lambda faults: setattr(faults, "stale_resize_errors", value)
+        return lambda faults: setattr(faults, _SWITCHES[key], value)
     if key in _AFTER:
         after = None if value is None and key != "nodeStartSeconds" else _seconds(key, value)
         return lambda faults: setattr(faults, _AFTER[key], after)
     raise ValueError(f"unknown key {key!r}")
 
 
+_SWITCHES: Final = {"staleResizeErrors": "stale_resize_errors", "stuckResizes": "stuck_resizes"}
 _AFTER: Final = {
     "nodeStartSeconds": "node_start_s",
     "preemptSpotAfterSeconds": "preempt_spot_after_s",

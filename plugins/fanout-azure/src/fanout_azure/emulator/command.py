@@ -79,6 +79,11 @@ DEFAULT_PORT = 10100
     help="Keep a pool's resize errors after a later resize succeeds.",
 )
 @click.option(
+    "--stuck-resizes",
+    is_flag=True,
+    help="Leave every resize that would add nodes under way, adding none and reporting no error.",
+)
+@click.option(
     "--node-start-seconds",
     type=click.FloatRange(min=0),
     default=0,
@@ -109,6 +114,7 @@ def batch_emulator(
     lose_answers: tuple[str, ...],
     resize_error: tuple[str, ...],
     stale_resize_errors: bool,
+    stuck_resizes: bool,
     node_start_seconds: float,
     preempt_spot_after: float | None,
     unusable_after: float | None,
@@ -127,6 +133,7 @@ def batch_emulator(
     faults.preempt_spot_after_s = preempt_spot_after
     faults.unusable_after_s = unusable_after
     faults.stale_resize_errors = stale_resize_errors
+    faults.stuck_resizes = stuck_resizes
     for item in lose_answers:
         operation, _, count = item.partition(":")
         if count and not count.isdecimal():

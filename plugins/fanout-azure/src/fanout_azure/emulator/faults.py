@@ -6,8 +6,11 @@ the admin endpoint (``admin``); the account asks it what to do.
 - Resize errors (``resize_errors``): a pool that is to grow (every pool, or one by id) gets no
   new node, and its ``resizeErrors`` says why, in the service's words: ``AccountCoreQuotaReached``,
   ``AllocationFailed`` or ``AllocationTimedout`` (reported when the resize is asked, not after
-  its ``resizeTimeout``). The errors of a resize go when a later resize succeeds, unless
-  ``stale_resize_errors`` keeps them, as the service has been seen to do.
+  its ``resizeTimeout``); ``AccountLowPriorityCoreQuotaReached`` fails only the growth of spot
+  nodes, as that quota bounds only them. The errors of a resize go when a later resize
+  succeeds, unless ``stale_resize_errors`` keeps them, as the service has been seen to do.
+- ``stuck_resizes``: a resize that would add nodes adds none and never ends, without an error:
+  the pool stays ``resizing`` with nothing coming, as when the service is slow to find capacity.
 - ``node_start_s``: nodes take this long to come up (``starting``, then their start task).
 - ``preempt_spot_after_s``: a spot (low-priority) node is preempted this long after it came
   up: state ``preempted``, its running tasks requeued (``requeueCount`` + 1, retries intact).
@@ -99,14 +102,19 @@ class LostAnswers:
 
 RESIZE_ERRORS: Final = {
     "AccountCoreQuotaReached": "The specified account has reached core quota",
+    "AccountLowPriorityCoreQuotaReached": (
+        "The specified account has reached its low priority core quota"
+    ),
     "AllocationFailed": "Desired number of nodes could not be allocated due to a lack of capacity",
     "AllocationTimedout": (
         "Desired number of dedicated nodes could not be allocated as the resize timeout was reached"
     ),
 }
 """Resize error codes and their messages: the quota and time-out texts are the service's, as
-users quoted them (Azure/doAzureParallel#234, Azure/batch-shipyard#191); the capacity one is the
-emulator's own."""
+users quoted them (Azure/doAzureParallel#234, Azure/batch-shipyard#191); the capacity and
+low-priority quota ones are the emulator's own."""
+SPOT_ONLY_ERRORS: Final = frozenset({"AccountLowPriorityCoreQuotaReached"})
+"""Resize errors that fail only the growth of spot (low-priority) nodes."""
 ALL_POOLS: Final = "*"
 
 
@@ -119,14 +127,16 @@ class Faults:
     resize_errors: dict[str, str] = field(default_factory=dict)
     """Resize error code by case-folded pool id, or for every pool under ``ALL_POOLS``."""
     stale_resize_errors: bool = False
+    stuck_resizes: bool = False
     node_start_s: float = 0.0
     preempt_spot_after_s: float | None = None
     unusable_after_s: float | None = None
 
-    def resize_error(self, pool_id: str) -> dict[str, Any] | None:
-        """The ``resizeErrors`` item a resize of ``pool_id`` fails with, if it is to fail."""
+    def resize_error(self, pool_id: str, dedicated: bool) -> dict[str, Any] | None:
+        """The ``resizeErrors`` item a growth of ``pool_id``'s dedicated (or spot) nodes fails
+        with, if it is to fail."""
         code = self.resize_errors.get(pool_id.casefold(), self.resize_errors.get(ALL_POOLS))
-        if code is None:
+        if code is None or (dedicated and code in SPOT_ONLY_ERRORS):
             return None
         return {"code": code, "message": RESIZE_ERRORS[code]}
 
@@ -148,6 +158,7 @@ class Faults:
             "loseAnswers": self.lost.pending(),
             "resizeErrors": dict(self.resize_errors),
             "staleResizeErrors": self.stale_resize_errors,
+            "stuckResizes": self.stuck_resizes,
             "nodeStartSeconds": self.node_start_s,
             "preemptSpotAfterSeconds": self.preempt_spot_after_s,
             "unusableAfterSeconds": self.unusable_after_s,
