@@ -66,7 +66,7 @@ def test_settings_defaults() -> None:
     assert settings.pool_id is None
     assert settings.keep_pool is False
     assert settings.poll_interval == 5.0
-    assert (settings.allocation_timeout, settings.spot_fallback) == (900.0, False)
+    assert settings.allocation_timeout == 900.0
     assert AzureBatchSettings(allocation_timeout="3s").allocation_timeout == 3.0
     assert all(field.description for field in AzureBatchSettings.model_fields.values())
 
