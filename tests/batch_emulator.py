@@ -71,15 +71,18 @@ def make_pool(
     nodes: int = 1,
     slots: int = 1,
     start_task: m.BatchStartTask | None = None,
+    spot: int = 0,
     **call_options: Any,
 ) -> None:
-    """A pool of ``nodes`` Ubuntu 22.04 nodes with ``slots`` task slots each."""
+    """A pool of ``nodes`` dedicated and ``spot`` low-priority Ubuntu 22.04 nodes with
+    ``slots`` task slots each."""
     client.create_pool(
         m.BatchPoolCreateOptions(
             id=pool_id,
             vm_size="standard_d2s_v3",
             virtual_machine_configuration=IMAGE,
             target_dedicated_nodes=nodes,
+            target_low_priority_nodes=spot,
             task_slots_per_node=slots,
             start_task=start_task,
         ),

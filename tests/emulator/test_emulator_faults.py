@@ -20,7 +20,7 @@ from azure.batch import BatchClient
 from azure.batch import models as m
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError, ServiceResponseError
-from batch_emulator import IMAGE, Running, make_pool
+from batch_emulator import Running, make_pool
 from conftest import wait_until
 
 
@@ -35,21 +35,6 @@ def admin(endpoint: str, document: dict[str, Any] | None = None) -> tuple[int, d
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-def pool_of(
-    client: BatchClient, pool_id: str, dedicated: int = 0, spot: int = 0, slots: int = 1
-) -> None:
-    client.create_pool(
-        m.BatchPoolCreateOptions(
-            id=pool_id,
-            vm_size="standard_d2s_v3",
-            virtual_machine_configuration=IMAGE,
-            target_dedicated_nodes=dedicated,
-            target_low_priority_nodes=spot,
-            task_slots_per_node=slots,
-        )
-    )
 
 
 def resize(client: BatchClient, pool_id: str, options: m.BatchPoolResizeOptions) -> None:
@@ -69,7 +54,7 @@ def test_resize_errors_on_every_pool_then_on_one(batch: Running) -> None:
     client = batch.client()
     status, knobs = admin(batch.endpoint, {"resizeErrors": {"*": "AccountCoreQuotaReached"}})
     assert (status, knobs["resizeErrors"]) == (200, {"*": "AccountCoreQuotaReached"})
-    pool_of(client, "quota", dedicated=2)
+    make_pool(client, "quota", nodes=2)
     pool = steady(client, "quota")
     assert (pool.target_dedicated_nodes, pool.current_dedicated_nodes) == (2, 0)
     (error,) = pool.resize_errors
@@ -78,8 +63,8 @@ def test_resize_errors_on_every_pool_then_on_one(batch: Running) -> None:
     assert list(client.list_nodes("quota")) == []
 
     admin(batch.endpoint, {"resizeErrors": {"*": None, "capacity": "AllocationFailed"}})
-    pool_of(client, "capacity", spot=1)
-    pool_of(client, "fine", dedicated=1)
+    make_pool(client, "capacity", nodes=0, spot=1)
+    make_pool(client, "fine", nodes=1)
     assert [e.code for e in steady(client, "capacity").resize_errors] == ["AllocationFailed"]
     assert steady(client, "fine").resize_errors is None
     wait_until(lambda: states(client, "fine") == ["idle"])
@@ -88,7 +73,7 @@ def test_resize_errors_on_every_pool_then_on_one(batch: Running) -> None:
 def test_resize_errors_go_with_a_later_successful_resize_unless_stale(batch: Running) -> None:
     client = batch.client()
     admin(batch.endpoint, {"resizeErrors": {"p": "AllocationTimedout"}})
-    pool_of(client, "p", dedicated=1)
+    make_pool(client, "p", nodes=1)
     assert [e.code for e in steady(client, "p").resize_errors] == ["AllocationTimedout"]
     admin(batch.endpoint, {"resizeErrors": {"p": None}})
     resize(client, "p", m.BatchPoolResizeOptions(target_dedicated_nodes=1))
@@ -108,7 +93,7 @@ def test_resize_errors_go_with_a_later_successful_resize_unless_stale(batch: Run
 def test_the_low_priority_quota_fails_only_spot_growth(batch: Running) -> None:
     client = batch.client()
     admin(batch.endpoint, {"resizeErrors": {"*": "AccountLowPriorityCoreQuotaReached"}})
-    pool_of(client, "p", dedicated=1, spot=2)
+    make_pool(client, "p", nodes=1, spot=2)
     pool = steady(client, "p")
     assert (pool.current_dedicated_nodes, pool.current_low_priority_nodes) == (1, 0)
     assert [e.code for e in pool.resize_errors] == ["AccountLowPriorityCoreQuotaReached"]
@@ -117,7 +102,7 @@ def test_the_low_priority_quota_fails_only_spot_growth(batch: Running) -> None:
 def test_a_stuck_resize_stays_resizing_with_nothing_coming(batch: Running) -> None:
     client = batch.client()
     admin(batch.endpoint, {"stuckResizes": True})
-    pool_of(client, "p", dedicated=1)
+    make_pool(client, "p", nodes=1)
     time.sleep(1)
     pool = client.get_pool("p")
     assert (pool.allocation_state, pool.resize_errors) == ("resizing", None)
@@ -129,7 +114,7 @@ def test_nodes_that_take_seconds_to_come_up(batch: Running) -> None:
     client = batch.client()
     admin(batch.endpoint, {"nodeStartSeconds": 1.5})
     started = time.monotonic()
-    pool_of(client, "slow", dedicated=2)
+    make_pool(client, "slow", nodes=2)
     wait_until(lambda: len(states(client, "slow")) == 2)
     assert states(client, "slow") == ["starting", "starting"]
     wait_until(lambda: states(client, "slow") == ["idle", "idle"])
@@ -142,7 +127,7 @@ def sleeper(task_id: str, seconds: float) -> m.BatchTaskCreateOptions:
 
 def test_a_preempted_spot_task_is_requeued_and_completes_elsewhere(batch: Running) -> None:
     client = batch.client()
-    pool_of(client, "spot", spot=1)
+    make_pool(client, "spot", nodes=0, spot=1)
     wait_until(lambda: states(client, "spot") == ["idle"])
     client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="spot")))
     client.create_task("j", sleeper("t", 2))
@@ -170,7 +155,7 @@ def test_a_preempted_spot_task_is_requeued_and_completes_elsewhere(batch: Runnin
 
 def test_a_node_turning_unusable_has_its_tasks_requeued(batch: Running) -> None:
     client = batch.client()
-    pool_of(client, "p", dedicated=2)
+    make_pool(client, "p", nodes=2)
     wait_until(lambda: states(client, "p") == ["idle", "idle"])
     client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
     client.create_task("j", sleeper("t", 1))
@@ -188,7 +173,7 @@ def test_a_node_turning_unusable_has_its_tasks_requeued(batch: Running) -> None:
 def test_nodes_lost_after_seconds(batch: Running) -> None:
     client = batch.client()
     admin(batch.endpoint, {"preemptSpotAfterSeconds": 1, "unusableAfterSeconds": 2})
-    pool_of(client, "p", dedicated=1, spot=1)
+    make_pool(client, "p", nodes=1, spot=1)
     wait_until(lambda: states(client, "p") == ["idle", "idle"])
     wait_until(lambda: states(client, "p") == ["preempted", "unusable"])
     by_kind = {node.is_dedicated: node.state for node in client.list_nodes("p")}
@@ -297,11 +282,11 @@ def test_the_command_sets_every_knob_from_the_start(tmp_path: Path) -> None:
             "unusableAfterSeconds": 30.0,
         }
         admin(endpoint, {"stuckResizes": False})
-        pool_of(client, "quota", dedicated=1)
+        make_pool(client, "quota", nodes=1)
         assert [e.code for e in steady(client, "quota").resize_errors] == [
             "AccountCoreQuotaReached"
         ]
-        pool_of(client, "spot", spot=1)
+        make_pool(client, "spot", nodes=0, spot=1)
         wait_until(lambda: states(client, "spot") == ["preempted"], timeout=30)
 
 
